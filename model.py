@@ -1,0 +1,298 @@
+"""
+A GPT whose MLPs are Mixture-of-Experts layers, routed by a linear or a
+layerwise recurrent router (RMoE, Qiu et al., ICLR 2025). In one file:
+
+- GPTConfig: every model setting, checked on construction;
+- CausalSelfAttention, MLP (SwiGLU), MoE (softmax top-k gate + dropless dispatch);
+- Block: pre-norm attention + MLP/MoE, passing the router state h along;
+- GPT: embeddings, the block loop that threads h through the depth, the
+  losses (language model + load balance + optional z-loss), parameter and
+  FLOP counts, optimizer set-up and generate().
+
+The router itself (linear, MLP, GRU/RNN recurrent) lives in router.py.
+"""
+
+import math
+from collections import namedtuple
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from router import RECURRENT_ROUTERS, RouterCore, load_balance_loss, make_router, z_loss
+
+ROUTERS = ("linear", "mlp") + RECURRENT_ROUTERS
+ROUTER_PASSING = ("full", "none", "detach")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 128  # context length in tokens
+    vocab_size: int = 50304  # set from the dataset by train.py
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    # feed-forward: Mixture-of-Experts in every block, or a dense MLP when n_experts = 0
+    n_experts: int = 8
+    top_k: int = 2  # experts per token
+    mlp_hidden: int = 256  # hidden width of each expert's SwiGLU MLP (of the dense MLP when n_experts = 0)
+    norm_topk: bool = True  # renormalise the k gate weights to sum to 1
+    # router (router.py)
+    router: str = "gru"  # linear (SMoE) | mlp (SMoE-MLP) | gru, rnn (RMoE with that cell)
+    router_dim: int = 128  # p, the recurrent state size (the paper's default)
+    router_passing: str = "full"  # full: h_{i-1} -> h_i | none: NP, h_0 at every layer | detach
+    router_shared_proj: bool = False  # S-proj ablation: one projection for all layers
+    router_mlp_hidden: int = 256  # hidden width of the SMoE-MLP router
+    lb_loss_coef: float = 0.01  # load-balance loss weight (the paper's 0.01)
+    z_loss_coef: float = 0.0  # router z-loss weight (off in the paper)
+
+    def __post_init__(self):
+        positive = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_hidden", "router_dim",
+                    "router_mlp_hidden")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             f"make n_embd a multiple of n_head")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.n_experts < 0:
+            raise ValueError(f"n_experts={self.n_experts} must be 0 (dense MLP) or more")
+        if self.n_experts and not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; "
+                             f"lower top_k or raise n_experts")
+        if self.router not in ROUTERS:
+            raise ValueError(f"router={self.router!r} is not one of {', '.join(ROUTERS)}")
+        if self.router_passing not in ROUTER_PASSING:
+            raise ValueError(f"router_passing={self.router_passing!r} is not one of {', '.join(ROUTER_PASSING)}")
+        if self.router not in RECURRENT_ROUTERS and (self.router_passing != "full" or self.router_shared_proj):
+            raise ValueError(f"router_passing and router_shared_proj only apply to recurrent routers "
+                             f"({', '.join(RECURRENT_ROUTERS)}), not router={self.router!r}")
+        if self.lb_loss_coef < 0 or self.z_loss_coef < 0:
+            raise ValueError("lb_loss_coef and z_loss_coef must be >= 0")
+
+    @property
+    def is_moe(self):
+        return self.n_experts > 0
+
+    @property
+    def is_recurrent(self):
+        return self.is_moe and self.router in RECURRENT_ROUTERS
+
+
+# One layer's routing decisions, returned (never stored) for the losses and the logs.
+Routing = namedtuple("Routing", "logits probs topk_idx")  # (N, E), (N, E) fp32 softmax, (N, k)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        nn.init.normal_(self.c_attn.weight, std=0.02)
+        nn.init.normal_(self.c_proj.weight, std=residual_std(config))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+def residual_std(config):
+    """GPT-2 init: layers that write into the residual stream get std 0.02/sqrt(2 * n_layer)."""
+    return 0.02 / math.sqrt(2 * config.n_layer)
+
+
+def swiglu(x, w1, w3, w2):
+    """SwiGLU feed-forward: w2(silu(x w1) * x w3); x (N, C), w1 and w3 (C, H), w2 (H, C)."""
+    return (F.silu(x @ w1) * (x @ w3)) @ w2
+
+
+class MLP(nn.Module):
+    """Dense SwiGLU MLP: the baseline, and what one expert computes."""
+
+    def __init__(self, config):
+        super().__init__()
+        C, H = config.n_embd, config.mlp_hidden
+        self.w1 = nn.Parameter(torch.randn(C, H) * 0.02)
+        self.w3 = nn.Parameter(torch.randn(C, H) * 0.02)
+        self.w2 = nn.Parameter(torch.randn(H, C) * residual_std(config))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, h, core):
+        return self.dropout(swiglu(x, self.w1, self.w3, self.w2)), h, None  # no routing: h passes through
+
+
+class MoE(nn.Module):
+    """Mixture-of-Experts: y = sum over the top-k experts of g_n(x) E_n(x) (Eq. 1; Eq. 6 with a recurrent router)."""
+
+    def __init__(self, config):
+        super().__init__()
+        E, C, H = config.n_experts, config.n_embd, config.mlp_hidden
+        self.top_k = config.top_k
+        self.norm_topk = config.norm_topk
+        self.router = make_router(config)
+        # experts stacked in single tensors: every expert is in the autograd graph every step
+        self.w1 = nn.Parameter(torch.randn(E, C, H) * 0.02)
+        self.w3 = nn.Parameter(torch.randn(E, C, H) * 0.02)
+        self.w2 = nn.Parameter(torch.randn(E, H, C) * residual_std(config))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, h, core):
+        B, T, C = x.shape
+        x = x.view(B * T, C)  # (N, C) routing is per token
+        logits, h = self.router(x, h, core)  # (N, E); h is the router state after this layer
+        probs = F.softmax(logits.float(), dim=-1)  # (N, E) fp32 softmax over all experts
+        weights, topk_idx = probs.topk(self.top_k, dim=-1)  # (N, k)
+        if self.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)  # the k weights sum to 1
+        y = self.dispatch(x, weights.to(x.dtype), topk_idx)
+        return self.dropout(y.view(B, T, C)), h, Routing(logits, probs, topk_idx)
+
+    def dispatch(self, x, weights, topk_idx):
+        """Dropless: every token reaches all of its k experts, whatever the load.
+
+        Sort the N*k token-slots by expert, run each expert once on its contiguous
+        slice, weight the outputs by the gate and scatter-add them back to tokens.
+        No capacity limit, so no token's output depends on other tokens' routing.
+        """
+        N, k = topk_idx.shape
+        expert_of_slot = topk_idx.flatten()  # (N*k,) slot s belongs to token s // k
+        order = expert_of_slot.argsort(stable=True)  # (N*k,) slots grouped by expert
+        token_of_slot = order // k  # (N*k,) which token each sorted slot reads
+        counts = torch.bincount(expert_of_slot, minlength=self.w1.shape[0]).tolist()  # split sizes (host sync)
+        xs = x[token_of_slot].split(counts)  # E tensors (n_e, C)
+        ys = torch.cat([swiglu(xe, self.w1[e], self.w3[e], self.w2[e]) for e, xe in enumerate(xs)])  # (N*k, C)
+        ys = ys * weights.flatten()[order].unsqueeze(-1)  # scale each slot's output by its gate weight
+        return torch.zeros_like(x).index_add_(0, token_of_slot, ys)  # (N, C) sum the k outputs per token
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=False)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
+        self.mlp = MoE(config) if config.is_moe else MLP(config)
+
+    def forward(self, x, h, core):
+        x = x + self.attn(self.ln_1(x))
+        y, h, routing = self.mlp(self.ln_2(x), h, core)  # router and experts both read ln_2(x)
+        return x + y, h, routing
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        # the recurrent cell shared by all layers (Eq. 5); linear routers have nothing shared
+        self.router_core = RouterCore(config) if config.is_recurrent else None
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input and output embeddings
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.02)
+
+    def forward(self, idx, targets=None):
+        """Returns (logits, loss, aux). loss = lm + lb_coef * lb + z_coef * z (None without
+        targets); aux holds the separate losses and each MoE layer's Routing."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+
+        h = None  # the router state h_0 = 0 per token, created by the first recurrent router
+        routing = []
+        for block in self.blocks:
+            x, h, layer_routing = block(x, h, self.router_core)  # h_{i-1} -> h_i, not detached
+            if layer_routing is not None:
+                routing.append(layer_routing)
+        x = self.ln_f(x)
+
+        aux = {"routing": routing}
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None, aux  # (B, 1, V) only the last position is needed
+        logits = self.lm_head(x)  # (B, T, V)
+        lm_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        lb = self.load_balance_loss(routing)
+        zl = torch.stack([z_loss(r.logits) for r in routing]).mean() if routing else torch.zeros(())
+        loss = lm_loss + self.config.lb_loss_coef * lb + self.config.z_loss_coef * zl
+        aux.update(lm_loss=lm_loss.detach(), lb_loss=lb.detach(), z_loss=zl.detach())
+        return logits, loss, aux
+
+    @staticmethod
+    def load_balance_loss(routing):
+        """router.load_balance_loss per MoE layer, averaged over layers: top_k at perfect balance.
+
+        Per layer, not over all layers' tokens concatenated as the official RMoE code
+        does: concatenated, one layer's overload can cancel another's underload.
+        """
+        if not routing:
+            return torch.zeros(())
+        return torch.stack([load_balance_loss(r.probs, r.topk_idx) for r in routing]).mean()
+
+    # -------------------------------------------------------------------------
+    # counting
+
+    def num_params(self):
+        """Total parameters (the tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def num_active_params(self):
+        """Parameters one token uses: all but the experts it is not routed to."""
+        c = self.config
+        inactive = c.n_layer * (c.n_experts - c.top_k) * 3 * c.n_embd * c.mlp_hidden if c.is_moe else 0
+        return self.num_params() - inactive
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward), from active parameters: 6 per
+        weight used in a matmul (position embeddings are a lookup), plus attention scores."""
+        c = self.config
+        matmul_params = self.num_active_params() - self.wpe.weight.numel()
+        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        # decay every matrix (and stacked expert tensor); not norms and biases
+        decay = [p for p in self.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+    # -------------------------------------------------------------------------
+    # sampling
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """Extend idx (B, T) by max_new_tokens, feeding the last block_size tokens back in each
+        step. temperature 0 means greedy (argmax); top_k keeps only the k likeliest tokens."""
+        for _ in range(max_new_tokens):
+            idx_cond = idx[:, -self.config.block_size:]
+            logits, _, _ = self(idx_cond)
+            logits = logits[:, -1, :]  # (B, V)
+            if temperature == 0:
+                next_idx = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float("inf")
+                next_idx = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, next_idx), dim=1)
+        return idx

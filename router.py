@@ -1,0 +1,185 @@
+"""
+Routers for the Mixture-of-Experts layers, and the losses that keep them balanced.
+
+A router turns each token into one logit per expert. Two families live here:
+
+- LinearRouter (SMoE) and MLPRouter (SMoE-MLP): independent per layer,
+  logits = G_i x_i (Eq. 1). They ignore the router state h and pass it on.
+- RecurrentRouter (RMoE, Qiu et al., ICLR 2025): each token carries a small
+  state h through the depth of the network. At layer i,
+      x'_i = Proj_i(x_i)                  (Eq. 4, per layer, bias-free, p dims)
+      h_i  = Cell(x'_i, h_{i-1}), h_0 = 0 (Eq. 5, ONE cell shared by all layers)
+      logits_i = G_i h_i                  (Eq. 6, per layer, bias-free)
+  The state runs over depth, never over time: all tokens are routed in parallel.
+
+The shared parts (the cell, and the projection under the S-proj ablation) are
+owned by one RouterCore that the GPT holds and hands to every block, so each
+weight appears once in the state_dict. The per-layer parts live in each block.
+
+Ablations (config switches): router_passing='none' (NP: every layer starts
+from h_0), 'detach' (h_{i-1} detached: forward information kept, recurrent
+gradient cut), router_shared_proj (S-proj), router='mlp' (SMoE-MLP),
+router='rnn' (tanh RNN cell instead of the GRU).
+
+Losses: load_balance_loss (one formula, value top_k at perfect balance) and
+z_loss. Routing statistics for logs come from routing_summary.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+RECURRENT_ROUTERS = ("gru", "rnn")
+
+
+class GRUCell(nn.Module):
+    """torch.nn.GRUCell written out (Eqs. 2-3 with biases; gate order r, z, n as in torch).
+
+    Two matmuls per step: one for the input x' and one for the state h, each
+    producing all three gates at once.
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight_ih = nn.Parameter(torch.empty(3 * dim, dim))
+        self.weight_hh = nn.Parameter(torch.empty(3 * dim, dim))
+        self.bias_ih = nn.Parameter(torch.empty(3 * dim))
+        self.bias_hh = nn.Parameter(torch.empty(3 * dim))
+        # same init as torch.nn.GRUCell: U(-1/sqrt(p), 1/sqrt(p)) for every weight and bias
+        for w in self.parameters():
+            nn.init.uniform_(w, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
+
+    def forward(self, x, h):
+        gi = F.linear(x, self.weight_ih, self.bias_ih)  # (N, 3p) input part of r, z, n
+        gh = F.linear(h, self.weight_hh, self.bias_hh)  # (N, 3p) state part of r, z, n
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)  # reset gate: how much of h enters the candidate
+        z = torch.sigmoid(i_z + h_z)  # update gate: how much of h_{i-1} is kept
+        n = torch.tanh(i_n + r * h_n)  # candidate state
+        return (1 - z) * n + z * h  # (N, p)
+
+
+class RNNCell(nn.Module):
+    """torch.nn.RNNCell with tanh: h_i = tanh(W_ih x' + b_ih + W_hh h + b_hh)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight_ih = nn.Parameter(torch.empty(dim, dim))
+        self.weight_hh = nn.Parameter(torch.empty(dim, dim))
+        self.bias_ih = nn.Parameter(torch.empty(dim))
+        self.bias_hh = nn.Parameter(torch.empty(dim))
+        for w in self.parameters():
+            nn.init.uniform_(w, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
+
+    def forward(self, x, h):
+        return torch.tanh(F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh))
+
+
+class RouterCore(nn.Module):
+    """The router parts shared by all layers: the recurrent cell (Eq. 5), and under
+    the S-proj ablation the one projection that replaces the per-layer Proj_i."""
+
+    def __init__(self, config):
+        super().__init__()
+        cell = {"gru": GRUCell, "rnn": RNNCell}[config.router]
+        self.cell = cell(config.router_dim)
+        self.proj = make_projection(config) if config.router_shared_proj else None
+
+
+def make_projection(config):
+    proj = nn.Linear(config.n_embd, config.router_dim, bias=False)
+    nn.init.normal_(proj.weight, std=0.02)
+    return proj
+
+
+class LinearRouter(nn.Module):
+    """SMoE: logits = G_i x_i, one bias-free matrix per layer (Eq. 1)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate = nn.Linear(config.n_embd, config.n_experts, bias=False)
+        nn.init.normal_(self.gate.weight, std=0.02)
+
+    def forward(self, x, h, core):
+        return self.gate(x), h  # (N, E); the router state passes through untouched
+
+
+class MLPRouter(nn.Module):
+    """SMoE-MLP: a two-layer GELU MLP per layer, x -> m -> E (the 'more parameters' control)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.router_mlp_hidden, bias=False)
+        self.gate = nn.Linear(config.router_mlp_hidden, config.n_experts, bias=False)
+        nn.init.normal_(self.fc.weight, std=0.02)
+        nn.init.normal_(self.gate.weight, std=0.02)
+
+    def forward(self, x, h, core):
+        return self.gate(F.gelu(self.fc(x))), h
+
+
+class RecurrentRouter(nn.Module):
+    """RMoE: the per-layer parts Proj_i (Eq. 4) and G_i (Eq. 6); the cell comes from core."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.passing = config.router_passing
+        self.proj = None if config.router_shared_proj else make_projection(config)
+        self.gate = nn.Linear(config.router_dim, config.n_experts, bias=False)
+        nn.init.normal_(self.gate.weight, std=0.02)
+
+    def forward(self, x, h, core):
+        proj = core.proj if self.proj is None else self.proj
+        x_p = proj(x)  # (N, p)  Eq. 4: x'_i = Proj_i(x_i)
+        if h is None or self.passing == "none":
+            h = torch.zeros_like(x_p)  # h_0 = 0: the first layer, or every layer under NP
+        elif self.passing == "detach":
+            h = h.detach()  # keep what h_{i-1} says, cut the recurrent gradient through it
+        h = core.cell(x_p, h)  # (N, p)  Eq. 5: h_i = GRU(x'_i, h_{i-1}), not detached by default
+        return self.gate(h), h  # (N, E)  Eq. 6: logits from h_i; the experts still see x_i
+
+
+def make_router(config):
+    if config.router in RECURRENT_ROUTERS:
+        return RecurrentRouter(config)
+    return {"linear": LinearRouter, "mlp": MLPRouter}[config.router](config)
+
+
+# -----------------------------------------------------------------------------
+# losses and statistics over one layer's routing
+
+def load_balance_loss(probs, topk_idx):
+    """Switch/Mixtral load-balance loss for one layer.
+
+        L_LB = E * sum_e f_e * P_e
+        f_e  = (token-slots routed to expert e) / (tokens)   sums to k over e
+        P_e  = mean over tokens of softmax probability of e  sums to 1 over e
+
+    At perfect balance (f_e = k/E, P_e = 1/E) L_LB = k (the top_k); it grows as
+    the probability mass and the assignments pile onto the same experts. f is
+    counted (no gradient); the gradient reaches every expert's logit through P,
+    also experts outside the top-k. probs: (N, E) fp32 softmax, topk_idx: (N, k).
+    """
+    n_tokens, n_experts = probs.shape
+    slots = torch.bincount(topk_idx.flatten(), minlength=n_experts).to(probs.dtype)  # (E,)
+    f = slots / n_tokens
+    P = probs.mean(dim=0)
+    return n_experts * (f * P).sum()
+
+
+def z_loss(logits):
+    """Router z-loss (ST-MoE): mean squared log-partition; keeps logits small and softmax stable."""
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+@torch.no_grad()
+def routing_summary(probs, topk_idx):
+    """Per-layer numbers for the training log: the largest expert's share of the
+    token-slots (ideal 1/E) and the mean gate entropy in nats (max ln E)."""
+    n_experts = probs.shape[-1]
+    slots = torch.bincount(topk_idx.flatten(), minlength=n_experts).float()
+    entropy = -(probs * probs.clamp_min(1e-20).log()).sum(-1).mean()
+    return {"max_share": (slots.max() / slots.sum()).item(), "entropy": entropy.item()}

@@ -1,0 +1,50 @@
+"""Shared helpers: the repository on sys.path, a tiny char dataset, and running the scripts as a user would."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+# a model small enough that a training step takes milliseconds
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--n_experts=4", "--top_k=2", "--mlp_hidden=32",
+        "--router_dim=16", "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1"]
+
+
+def sample_text(n_lines=400):
+    """Deterministic play-like text with a few dozen distinct characters."""
+    rng = np.random.default_rng(0)
+    words = "the king queen lord my thou art what shall we do now love death night day come go".split()
+    lines = []
+    for i in range(n_lines):
+        speaker = ["HAMLET", "OPHELIA", "KING"][i % 3]
+        lines.append(f"{speaker}:\n" + " ".join(rng.choice(words, size=8)).capitalize() + ".\n")
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A char-level dataset folder in nanoGPT's format (train.bin, val.bin, meta.pkl)."""
+    folder = tmp_path_factory.mktemp("tiny_data")
+    text = sample_text()
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    n = int(0.9 * len(ids))
+    ids[:n].tofile(folder / "train.bin")
+    ids[n:].tofile(folder / "val.bin")
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                     "stoi": {c: i for i, c in enumerate(chars)}}, f)
+    return str(folder)
+
+
+def run(script, *args, env=None):
+    """Run a top-level script (or `-m module`) from the repository root; returns the CompletedProcess."""
+    cmd = [sys.executable] + (list(script) if isinstance(script, (list, tuple)) else [script]) + list(args)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
