@@ -1,0 +1,80 @@
+"""
+Command-line configuration in nanoGPT's style, with checks:
+
+    python train.py [config/file.py ...] [--key=value ...]
+
+A config file is python that assigns top-level names (it runs as code: only use
+files you trust). --key=value overrides a default; the value is read as a
+python literal, or kept as a string if it is not one. Every key must already
+have a default (an unknown key names the closest valid ones), and the type of
+the new value must match the default's (an int may stand for a float).
+"""
+
+import ast
+import difflib
+import sys
+
+
+class ConfigError(Exception):
+    """A bad config file or override; the message is one line for the user."""
+
+
+def parse_args(defaults, argv, usage):
+    """Returns (config dict, set of keys the user set) from defaults, config files and overrides.
+    Exits after printing the keys and defaults for --help."""
+    config = dict(defaults)
+    explicit = set()
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(usage)
+            width = max(map(len, defaults))
+            for key, value in defaults.items():
+                print(f"  --{key:<{width}} = {value!r}")
+            sys.exit(0)
+        if arg.startswith("--"):
+            key, sep, text = arg[2:].partition("=")
+            if not sep:
+                raise ConfigError(f"override {arg!r} has no value; write it as --{key}=VALUE")
+            _set(config, explicit, key, _literal(text), f"override --{key}")
+        else:
+            for key, value in _read_config_file(arg).items():
+                _set(config, explicit, key, value, f"config file {arg}")
+    return config, explicit
+
+
+def _read_config_file(path):
+    try:
+        with open(path) as f:
+            source = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path!r}: {e.strerror}; check the path "
+                          f"(configs live in config/)") from None
+    names = {}
+    try:
+        exec(compile(source, path, "exec"), {}, names)
+    except Exception as e:
+        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+    # names starting with _ and imported modules are helpers, not settings
+    return {k: v for k, v in names.items() if not k.startswith("_") and not isinstance(v, type(sys))}
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as --router=gru is a string
+
+
+def _set(config, explicit, key, value, where):
+    if key not in config:
+        close = difflib.get_close_matches(key, config.keys(), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "run with --help to list the keys"
+        raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+    default = config[key]
+    if isinstance(default, float) and type(value) is int:
+        value = float(value)  # 1 is as good as 1.0 for a float setting
+    if type(value) is not type(default):
+        raise ConfigError(f"{where}: {key} must be {type(default).__name__} like the default "
+                          f"{default!r}, got {type(value).__name__} {value!r}")
+    config[key] = value
+    explicit.add(key)

@@ -1,0 +1,164 @@
+"""Configuration checks, and train.py / sample.py run as a user runs them: errors, exact
+resume, DDP against one process, and the whole path from a text file to a sample."""
+
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint
+from configurator import ConfigError, parse_args
+from conftest import REPO, TINY, run, sample_text
+from model import GPT, GPTConfig
+from train import MODEL_KEYS, TrainConfig
+
+DEFAULTS = {"learning_rate": 1e-3, "max_iters": 100, "router": "gru", "compile": False}
+
+
+def test_overrides_and_config_files(tmp_path):
+    conf = tmp_path / "c.py"
+    conf.write_text("import math\nmax_iters = 7\n_helper = 3\nlearning_rate = math.sqrt(1e-6)\n")
+    cfg, explicit = parse_args(DEFAULTS, [str(conf), "--router=linear", "--learning_rate=2", "--compile=True"], "")
+    assert cfg == {"learning_rate": 2.0, "max_iters": 7, "router": "linear", "compile": True}
+    assert type(cfg["learning_rate"]) is float  # an int may stand for a float
+    assert explicit == {"learning_rate", "max_iters", "router", "compile"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_iter=5"], "unknown key 'max_iter'; did you mean max_iters"),
+    (["--zzz=5"], "unknown key 'zzz'; run with --help"),
+    (["--max_iters=5.5"], "max_iters must be int like the default 100, got float 5.5"),
+    (["--compile=1"], "compile must be bool"),
+    (["--max_iters"], "has no value"),
+    (["nope/missing.py"], "cannot read config file 'nope/missing.py'"),
+])
+def test_bad_settings_name_the_problem(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(DEFAULTS, argv, "")
+
+
+def test_config_file_that_raises_is_one_line(tmp_path):
+    conf = tmp_path / "bad.py"
+    conf.write_text("max_iters = 1 / 0\n")
+    with pytest.raises(ConfigError, match=r"config file .*bad.py failed: ZeroDivisionError"):
+        parse_args(DEFAULTS, [str(conf)], "")
+
+
+def test_help_lists_every_key_with_its_default():
+    result = run("train.py", "--help")
+    assert result.returncode == 0
+    for line in ("--router_dim", "= 128", "--lb_loss_coef", "= 0.01", "--gradient_accumulation_steps"):
+        assert line in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top_k=9"], "top_k=9 must be between 1 and n_experts=8"),
+    (["--n_embd=130"], "n_embd=130 is not divisible by n_head=4"),
+    (["--learning_rate=0"], "learning_rate=0.0 must be positive"),
+    (["--router=lstm"], "router='lstm' is not one of"),
+    (["--dataset=no_such_data"], "dataset 'no_such_data' not found"),
+    (["--learning_rat=1"], "did you mean learning_rate"),
+])
+def test_train_bad_input_is_one_line_error(args, message):
+    result = run("train.py", *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def train(data, out_dir, *args):
+    result = run("train.py", f"--dataset={data}", f"--out_dir={out_dir}", *TINY, *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_resume_continues_bit_exactly(tiny_data, tmp_path):
+    common = ["--dropout=0.1", "--eval_interval=4", "--always_save_checkpoint=True", "--lr_decay_iters=8",
+              "--warmup_iters=2"]
+    train(tiny_data, tmp_path / "straight", "--max_iters=8", *common)
+    train(tiny_data, tmp_path / "halves", "--max_iters=4", *common)
+    result = train(tiny_data, tmp_path / "halves", "--max_iters=8", "--init_from=resume", *common)
+    assert "from step 4 to 8" in result.stdout
+    a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
+    b = load_checkpoint(str(tmp_path / "halves" / "ckpt.pt"))
+    assert a["iter_num"] == b["iter_num"] == 8
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    exp_avg = [s["exp_avg"] for s in a["optimizer"]["state"].values()]
+    exp_avg_b = [s["exp_avg"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(exp_avg, exp_avg_b))
+
+
+def test_scratch_run_never_overwrites_a_checkpoint(tiny_data, tmp_path):
+    train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=2")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    result = run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path}", *TINY, "--max_iters=2")
+    assert result.returncode != 0 and "already exists" in result.stderr
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+def test_resume_refuses_conflicting_model_settings(tiny_data, tmp_path):
+    train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=2")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    result = run("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path}", *TINY, "--n_layer=3",
+                 "--init_from=resume", "--max_iters=4")
+    assert result.returncode != 0
+    assert "n_layer=3 (checkpoint: 2)" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
+    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2", "--device=cpu"]
+    train(tiny_data, tmp_path / "one", *args)
+    result = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
+                 f"--dataset={tiny_data}", f"--out_dir={tmp_path / 'two'}", *TINY, *args)
+    assert result.returncode == 0, result.stderr
+    assert "2 process(es)" in result.stdout
+    one = load_checkpoint(str(tmp_path / "one" / "ckpt.pt"))["model"]
+    two = load_checkpoint(str(tmp_path / "two" / "ckpt.pt"))["model"]
+    for name, tensor in one.items():  # same batches, gradients averaged by all-reduce instead of summed locally
+        torch.testing.assert_close(tensor, two[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_text_file_to_trained_model_to_sample(tmp_path):
+    text = tmp_path / "play.txt"
+    text.write_text(sample_text())
+    data = tmp_path / "play_char"
+    prepared = run("data/shakespeare_char/prepare.py", f"--input={text}", f"--out_dir={data}")
+    assert prepared.returncode == 0, prepared.stderr
+    result = train(data, tmp_path / "out", "--max_iters=30", "--eval_interval=15", "--learning_rate=1e-2")
+    first_val = float(result.stdout.split("step 0: train loss ")[1].split("val loss ")[1].split()[0])
+    last_val = float(result.stdout.split("step 30: train loss ")[1].split("val loss ")[1].split()[0])
+    assert last_val < first_val - 0.3  # it learned something
+    sampled = run("sample.py", f"--out_dir={tmp_path / 'out'}", "--start=KING:", "--num_samples=2",
+                  "--max_new_tokens=40", "--device=cpu")
+    assert sampled.returncode == 0, sampled.stderr
+    samples = sampled.stdout.split("---------------\n")[:2]
+    assert len(samples) == 2
+    for s in samples:
+        body = s.rstrip("\n")
+        assert body.startswith("KING:") and len(body) == len("KING:") + 40
+        assert set(body) <= set(text.read_text())
+    bad = run("sample.py", f"--out_dir={tmp_path / 'out'}", "--start=KING€")
+    assert bad.returncode != 0 and "outside the model's vocabulary: '€'" in bad.stderr
+
+
+def test_small_configs_are_a_fair_comparison():
+    """rmoe_small, smoe_small and dense_small share the shape and the active expert/MLP parameters."""
+    defaults = {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
+    models = {}
+    for name in ("rmoe_small", "smoe_small", "dense_small"):
+        settings, _ = parse_args(defaults, [os.path.join(REPO, "config", f"{name}.py")], "")
+        models[name] = GPT(GPTConfig(**{k: settings[k] for k in MODEL_KEYS}, vocab_size=84))
+        models[name].settings = settings
+    r, s, d = models["rmoe_small"], models["smoe_small"], models["dense_small"]
+    assert r.config.router == "gru" and s.config.router == "linear" and not d.config.is_moe
+    for key in ("n_layer", "n_embd", "n_head", "block_size", "dropout"):
+        assert getattr(r.config, key) == getattr(s.config, key) == getattr(d.config, key)
+    for key in ("max_iters", "batch_size", "gradient_accumulation_steps", "learning_rate"):
+        assert r.settings[key] == s.settings[key] == d.settings[key]
+    c = s.config
+    assert d.config.mlp_hidden == c.top_k * c.mlp_hidden
+    # active parameters differ only by the router
+    assert s.num_active_params() - d.num_active_params() == c.n_layer * c.n_embd * c.n_experts

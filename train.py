@@ -1,0 +1,339 @@
+"""
+Train a GPT with Mixture-of-Experts layers and a linear or layerwise recurrent router.
+
+One process (CPU, one CUDA GPU or Apple MPS, picked automatically):
+    python train.py config/rmoe_small.py
+    python train.py config/rmoe_small.py --router=linear --out_dir=out-smoe
+DDP, one process per GPU (nccl) or per CPU process (gloo):
+    torchrun --standalone --nproc_per_node=2 train.py config/rmoe_small.py
+Continue a run from out_dir/ckpt.pt:
+    python train.py config/rmoe_small.py --init_from=resume
+
+Settings: the TrainConfig below and the model's GPTConfig (model.py), set by
+config files (python, run as code) and --key=value overrides; --help lists them.
+"""
+
+import hashlib
+import math
+import os
+import pickle
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from configurator import ConfigError, parse_args
+from model import GPT, GPTConfig
+from router import routing_summary
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class TrainConfig:
+    # I/O
+    out_dir: str = "out"
+    init_from: str = "scratch"  # scratch | resume (from out_dir/ckpt.pt)
+    eval_interval: int = 250  # steps between evaluations (and checkpoints)
+    eval_iters: int = 20  # batches per split per evaluation, the same batches every time
+    log_interval: int = 50
+    always_save_checkpoint: bool = False  # save at every evaluation, not only when val loss improves
+    # data
+    dataset: str = "shakespeare_char"  # a folder under data/, or a path to a folder with train.bin, val.bin
+    batch_size: int = 8  # sequences per micro-step in each process
+    gradient_accumulation_steps: int = 2  # micro-steps per optimizer step, over all processes together
+    # AdamW, linear warm-up, then cosine decay to min_lr
+    learning_rate: float = 2e-3
+    max_iters: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000  # after this many steps the rate stays at min_lr
+    min_lr: float = 2e-4
+    # system
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 | bfloat16
+    compile: bool = False  # torch.compile the model
+    seed: int = 1337
+    peak_tflops: float = 312.0  # your GPU's bf16 peak, for MFU (A100 312, H100 SXM 989); unused on CPU
+
+    def __post_init__(self):
+        if self.init_from not in ("scratch", "resume"):
+            raise ValueError(f"init_from={self.init_from!r} must be 'scratch' or 'resume'")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r} must be auto, float32 or bfloat16")
+        for name in ("eval_interval", "eval_iters", "log_interval", "batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must not be negative")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive")
+
+
+MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]  # vocab_size comes from the data
+
+
+def main(argv):
+    # ---- settings: defaults < config files < --key=value
+    defaults = {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
+    try:
+        settings, explicit = parse_args(defaults, argv, __doc__)
+        cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
+        model_settings = {k: settings[k] for k in MODEL_KEYS}
+        GPTConfig(**model_settings)  # check the model settings before touching anything
+    except (ConfigError, ValueError) as e:
+        fail(e)
+
+    # ---- processes and device
+    ddp = "RANK" in os.environ  # set by torchrun
+    device = pick_device(cfg.device)
+    if ddp:
+        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        elif device != "cpu":
+            fail(f"DDP runs on CUDA (nccl) or CPU (gloo), not {device}; pass --device=cpu")
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    else:
+        rank, world_size = 0, 1
+    master = rank == 0
+    if cfg.gradient_accumulation_steps % world_size:
+        fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by the "
+             f"{world_size} processes; make it a multiple of {world_size}")
+    micro_steps = cfg.gradient_accumulation_steps // world_size  # this process's share
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    autocast = (nullcontext() if dtype == "float32" else
+                torch.autocast(device_type=device_type, dtype=torch.bfloat16))
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed + rank)  # dropout differs per process; data order is seeded separately
+
+    # ---- data (prepared on first use)
+    data_dir, vocab = load_dataset(cfg.dataset, master, ddp)
+    block_size = model_settings["block_size"]
+    for split in ("train", "val"):
+        n = len(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r"))
+        if n <= block_size:
+            fail(f"{split}.bin of {data_dir} has {n} tokens, not more than block_size={block_size}; "
+                 f"lower block_size or use more text")
+
+    def get_batch(split, generator):
+        data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        ix = torch.randint(len(data) - block_size, (cfg.batch_size,), generator=generator)
+        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+        if device_type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
+
+    # ---- model, optimizer, and the step to start from
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    if cfg.init_from == "scratch":
+        if os.path.exists(ckpt_path):
+            fail(f"{ckpt_path} already exists; continue it with --init_from=resume, "
+                 f"or pick a new --out_dir (nothing was overwritten)")
+        vocab_size = len(vocab) if vocab else 50304  # GPT-2's 50257 padded to a multiple of 64
+        model = GPT(GPTConfig(**model_settings, vocab_size=vocab_size))
+        iter_num, best_val_loss, ckpt = 0, float("inf"), None
+    else:
+        try:
+            ckpt = load_checkpoint(ckpt_path, device)
+            conflicts = [f"{k}={model_settings[k]!r} (checkpoint: {ckpt['model_config'][k]!r})"
+                         for k in MODEL_KEYS if k in explicit and model_settings[k] != ckpt["model_config"][k]]
+            if conflicts:
+                raise ValueError(f"settings conflict with the checkpoint's model: {', '.join(conflicts)}; "
+                                 f"drop them to resume, or start a new --out_dir")
+            if ckpt.get("vocab") != vocab:
+                raise ValueError(f"the checkpoint was trained on another vocabulary than {data_dir}; "
+                                 f"resume with the dataset it was trained on")
+            model = model_from_checkpoint(ckpt, ckpt_path)
+        except ValueError as e:
+            fail(e)
+        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])].cpu())
+        ckpt = None  # free the memory
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+
+    if master:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        c = raw_model.config
+        tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * block_size
+        print(f"model: {c.n_layer} layers x {c.n_embd} wide, "
+              + (f"{c.n_experts} experts top-{c.top_k}, router {c.router}" if c.is_moe else "dense MLP")
+              + f" | params {raw_model.num_params() / 1e6:.2f}M total, "
+              f"{raw_model.num_active_params() / 1e6:.2f}M active per token")
+        print(f"device {device} ({dtype}), {world_size} process(es), {tokens_per_step:,} tokens per step, "
+              f"from step {iter_num} to {cfg.max_iters}")
+
+    @torch.no_grad()
+    def evaluate():
+        """Mean lm loss on the same eval_iters batches of each split every time, and routing stats on val."""
+        raw_model.eval()
+        losses, routing = {}, []
+        for split in ("train", "val"):
+            total = 0.0
+            for k in range(cfg.eval_iters):
+                x, y = get_batch(split, seeded_generator(cfg.seed, "eval", split, k))
+                with autocast:
+                    _, _, aux = raw_model(x, y)
+                total += aux["lm_loss"].item()
+                if split == "val":
+                    routing.append(aux["routing"])
+            losses[split] = total / cfg.eval_iters
+        raw_model.train()
+        per_layer = [routing_summary(torch.cat([r[i].probs for r in routing]), torch.cat([r[i].topk_idx for r in routing]))
+                     for i in range(len(routing[0]))]
+        return losses, per_layer
+
+    def learning_rate(it):
+        if it < cfg.warmup_iters:
+            return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+        if it >= cfg.lr_decay_iters:
+            return cfg.min_lr
+        progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+        return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
+
+    # ---- the loop
+    t0 = time.time()
+    while True:
+        lr = learning_rate(iter_num)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
+            rng = gather_rng_states(ddp, world_size)  # a collective: every process takes part
+            if master:
+                losses, per_layer = evaluate()
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                for i, s in enumerate(per_layer):
+                    print(f"  layer {i}: max expert share {s['max_share']:.3f} (even: "
+                          f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
+                          f"of {math.log(raw_model.config.n_experts):.3f} nats")
+                if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
+                    best_val_loss = min(best_val_loss, losses["val"])
+                    save_checkpoint({
+                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "model_config": asdict(raw_model.config), "train_config": asdict(cfg),
+                        "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+                    }, ckpt_path)
+                    print(f"  saved {ckpt_path}")
+            t0 = time.time()  # evaluation time is not step time
+        if iter_num >= cfg.max_iters:
+            break
+
+        for micro in range(micro_steps):
+            if ddp:
+                model.require_backward_grad_sync = micro == micro_steps - 1  # all-reduce once, on the last
+            # batches are a function of (step, micro-step): resume and any process count see the same data
+            x, y = get_batch("train", seeded_generator(cfg.seed, "train", iter_num, rank * micro_steps + micro))
+            with autocast:
+                _, loss, aux = model(x, y)
+            (loss / micro_steps).backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+
+        if iter_num % cfg.log_interval == 0 and master:
+            if device_type == "cuda":
+                torch.cuda.synchronize()
+            dt = (time.time() - t0) / cfg.log_interval
+            t0 = time.time()
+            tokens_per_s = tokens_per_step / dt
+            line = (f"iter {iter_num}: loss {aux['lm_loss'].item():.4f}, lb {aux['lb_loss'].item():.3f}, "
+                    f"lr {lr:.2e}, {dt * 1000:.0f} ms/step, {tokens_per_s:,.0f} tok/s")
+            if device_type == "cuda":
+                mfu = raw_model.flops_per_token() * tokens_per_s / (cfg.peak_tflops * 1e12)
+                line += f", mfu {100 * mfu:.1f}%"
+            print(line)
+
+    if ddp:
+        dist.destroy_process_group()
+
+
+def fail(message):
+    """One line on stderr and a non-zero exit: bad input is not a traceback."""
+    raise SystemExit(f"error: {message}")
+
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def seeded_generator(*keys):
+    """A torch.Generator seeded by a tuple of ints and strings, the same in every run."""
+    seed = int(hashlib.sha256(repr(keys).encode()).hexdigest()[:15], 16)
+    return torch.Generator().manual_seed(seed)
+
+
+def gather_rng_states(ddp, world_size):
+    """Every process's torch RNG state (dropout), so resume continues each exactly."""
+    state = torch.get_rng_state()
+    if not ddp:
+        return [state]
+    states = [None] * world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def load_dataset(name, master, ddp):
+    """Finds data/<name> (or the folder name), preparing it on first use if it has a
+    prepare.py. Returns the folder and the character vocabulary (None: GPT-2 BPE)."""
+    data_dir = name if os.path.isdir(name) else os.path.join(REPO, "data", name)
+    train_bin = os.path.join(data_dir, "train.bin")
+    prepare = os.path.join(data_dir, "prepare.py")
+    if not os.path.exists(train_bin) and os.path.exists(prepare) and master:
+        print(f"dataset {name} is not prepared yet: running {os.path.relpath(prepare)}")
+        if subprocess.run([sys.executable, prepare]).returncode != 0:
+            fail(f"preparing {name} failed (see above); fix that and run {prepare} again")
+    if ddp:
+        dist.barrier()  # the other processes wait for the master's prepare
+    if not all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin")):
+        fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; "
+             f"prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
+    meta_path = os.path.join(data_dir, "meta.pkl")
+    if not os.path.exists(meta_path):
+        return data_dir, None
+    with open(meta_path, "rb") as f:
+        meta = pickle.load(f)
+    vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
+    train = np.memmap(train_bin, dtype=np.uint16, mode="r")
+    if int(train.max()) >= len(vocab):
+        fail(f"train.bin of {data_dir} has token ids beyond meta.pkl's {len(vocab)} characters; "
+             f"the files come from different runs: run its prepare.py again")
+    return data_dir, vocab
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
