@@ -7,12 +7,17 @@ A config file is python that assigns top-level names (it runs as code: only use
 files you trust). --key=value overrides a default; the value is read as a
 python literal, or kept as a string if it is not one. Every key must already
 have a default (an unknown key names the closest valid ones), and the type of
-the new value must match the default's (an int may stand for a float).
+the new value must match the default's (an int may stand for a float). A
+setting whose default is a string takes the text as it is (--out_dir=2024).
+
+Also here: fail(), the one-line exit for bad input, and pick_device().
 """
 
 import ast
 import difflib
 import sys
+
+import torch
 
 
 class ConfigError(Exception):
@@ -35,7 +40,8 @@ def parse_args(defaults, argv, usage):
             key, sep, text = arg[2:].partition("=")
             if not sep:
                 raise ConfigError(f"override {arg!r} has no value; write it as --{key}=VALUE")
-            _set(config, explicit, key, _literal(text), f"override --{key}")
+            value = text if isinstance(config.get(key), str) else _literal(text)
+            _set(config, explicit, key, value, f"override --{key}")
         else:
             for key, value in _read_config_file(arg).items():
                 _set(config, explicit, key, value, f"config file {arg}")
@@ -78,3 +84,18 @@ def _set(config, explicit, key, value, where):
                           f"{default!r}, got {type(value).__name__} {value!r}")
     config[key] = value
     explicit.add(key)
+
+
+def fail(message):
+    """One line on stderr and a non-zero exit: bad input is not a traceback."""
+    raise SystemExit(f"error: {message}")
+
+
+def pick_device(name):
+    """'auto' is cuda, then mps, then cpu; a named device must exist on this machine."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if (name.startswith("cuda") and not cuda) or (name == "mps" and not mps):
+        raise ConfigError(f"device={name!r} is not available on this machine; use --device=auto or --device=cpu")
+    return name

@@ -13,16 +13,14 @@ The router itself (linear, MLP, GRU/RNN recurrent) lives in router.py.
 """
 
 import math
-from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from router import RECURRENT_ROUTERS, RouterCore, load_balance_loss, make_router, z_loss
+from router import CELLS, ROUTERS, RouterCore, Routing, aux_losses, make_router
 
-ROUTERS = ("linear", "mlp") + RECURRENT_ROUTERS
 ROUTER_PASSING = ("full", "none", "detach")
 
 
@@ -68,9 +66,9 @@ class GPTConfig:
             raise ValueError(f"router={self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.router_passing not in ROUTER_PASSING:
             raise ValueError(f"router_passing={self.router_passing!r} is not one of {', '.join(ROUTER_PASSING)}")
-        if self.router not in RECURRENT_ROUTERS and (self.router_passing != "full" or self.router_shared_proj):
+        if self.router not in CELLS and (self.router_passing != "full" or self.router_shared_proj):
             raise ValueError(f"router_passing and router_shared_proj only apply to recurrent routers "
-                             f"({', '.join(RECURRENT_ROUTERS)}), not router={self.router!r}")
+                             f"({', '.join(CELLS)}), not router={self.router!r}")
         if self.lb_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError("lb_loss_coef and z_loss_coef must be >= 0")
 
@@ -80,11 +78,7 @@ class GPTConfig:
 
     @property
     def is_recurrent(self):
-        return self.is_moe and self.router in RECURRENT_ROUTERS
-
-
-# One layer's routing decisions, returned (never stored) for the losses and the logs.
-Routing = namedtuple("Routing", "logits probs topk_idx")  # (N, E), (N, E) fp32 softmax, (N, k)
+        return self.is_moe and self.router in CELLS
 
 
 class CausalSelfAttention(nn.Module):
@@ -231,22 +225,10 @@ class GPT(nn.Module):
             return self.lm_head(x[:, [-1], :]), None, aux  # (B, 1, V) only the last position is needed
         logits = self.lm_head(x)  # (B, T, V)
         lm_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        lb = self.load_balance_loss(routing)
-        zl = torch.stack([z_loss(r.logits) for r in routing]).mean() if routing else torch.zeros(())
+        lb, zl = aux_losses(routing)
         loss = lm_loss + self.config.lb_loss_coef * lb + self.config.z_loss_coef * zl
         aux.update(lm_loss=lm_loss.detach(), lb_loss=lb.detach(), z_loss=zl.detach())
         return logits, loss, aux
-
-    @staticmethod
-    def load_balance_loss(routing):
-        """router.load_balance_loss per MoE layer, averaged over layers: top_k at perfect balance.
-
-        Per layer, not over all layers' tokens concatenated as the official RMoE code
-        does: concatenated, one layer's overload can cancel another's underload.
-        """
-        if not routing:
-            return torch.zeros(())
-        return torch.stack([load_balance_loss(r.probs, r.topk_idx) for r in routing]).mean()
 
     # -------------------------------------------------------------------------
     # counting
@@ -262,11 +244,13 @@ class GPT(nn.Module):
         return self.num_params() - inactive
 
     def flops_per_token(self):
-        """Training FLOPs per token (forward + backward), from active parameters: 6 per
-        weight used in a matmul (position embeddings are a lookup), plus attention scores."""
+        """Training FLOPs per token (forward + backward): 6 per active parameter use, plus the
+        attention scores. The router core shared by all layers is used once per layer; position
+        embeddings are a lookup. (Norm weights and biases count as matmul weights: a rounding error.)"""
         c = self.config
-        matmul_params = self.num_active_params() - self.wpe.weight.numel()
-        return 6 * matmul_params + 12 * c.n_layer * c.n_embd * c.block_size
+        shared = sum(p.numel() for p in self.router_core.parameters()) if self.router_core else 0
+        param_uses = self.num_active_params() - self.wpe.weight.numel() + (c.n_layer - 1) * shared
+        return 6 * param_uses + 12 * c.n_layer * c.n_embd * c.block_size
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
         # decay every matrix (and stacked expert tensor); not norms and biases

@@ -22,16 +22,19 @@ gradient cut), router_shared_proj (S-proj), router='mlp' (SMoE-MLP),
 router='rnn' (tanh RNN cell instead of the GRU).
 
 Losses: load_balance_loss (one formula, value top_k at perfect balance) and
-z_loss. Routing statistics for logs come from routing_summary.
+z_loss, per layer; aux_losses averages them over the layers of a forward pass.
+Routing statistics for the logs come from routing_summary.
 """
 
 import math
+from collections import namedtuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-RECURRENT_ROUTERS = ("gru", "rnn")
+# One MoE layer's routing decisions, returned (never stored) for the losses and the logs.
+Routing = namedtuple("Routing", "logits probs topk_idx")  # (N, E), (N, E) fp32 softmax, (N, k)
 
 
 class GRUCell(nn.Module):
@@ -78,14 +81,16 @@ class RNNCell(nn.Module):
         return torch.tanh(F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh))
 
 
+CELLS = {"gru": GRUCell, "rnn": RNNCell}  # router name -> the cell of a recurrent router
+
+
 class RouterCore(nn.Module):
     """The router parts shared by all layers: the recurrent cell (Eq. 5), and under
     the S-proj ablation the one projection that replaces the per-layer Proj_i."""
 
     def __init__(self, config):
         super().__init__()
-        cell = {"gru": GRUCell, "rnn": RNNCell}[config.router]
-        self.cell = cell(config.router_dim)
+        self.cell = CELLS[config.router](config.router_dim)
         self.proj = make_projection(config) if config.router_shared_proj else None
 
 
@@ -142,10 +147,11 @@ class RecurrentRouter(nn.Module):
         return self.gate(h), h  # (N, E)  Eq. 6: logits from h_i; the experts still see x_i
 
 
+ROUTERS = {"linear": LinearRouter, "mlp": MLPRouter, **{name: RecurrentRouter for name in CELLS}}
+
+
 def make_router(config):
-    if config.router in RECURRENT_ROUTERS:
-        return RecurrentRouter(config)
-    return {"linear": LinearRouter, "mlp": MLPRouter}[config.router](config)
+    return ROUTERS[config.router](config)
 
 
 # -----------------------------------------------------------------------------
@@ -173,6 +179,19 @@ def load_balance_loss(probs, topk_idx):
 def z_loss(logits):
     """Router z-loss (ST-MoE): mean squared log-partition; keeps logits small and softmax stable."""
     return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def aux_losses(routing):
+    """(load-balance loss, z-loss) of a forward pass, each per MoE layer and averaged over layers.
+
+    Per layer, unlike the official RMoE code, which computes the load-balance loss once over
+    all layers' tokens concatenated: there one layer's overload can cancel another's underload.
+    """
+    if not routing:
+        return torch.zeros(()), torch.zeros(())
+    lb = torch.stack([load_balance_loss(r.probs, r.topk_idx) for r in routing]).mean()
+    z = torch.stack([z_loss(r.logits) for r in routing]).mean()
+    return lb, z
 
 
 @torch.no_grad()

@@ -15,8 +15,7 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import ConfigError, parse_args
-from train import fail, pick_device
+from configurator import ConfigError, fail, parse_args, pick_device
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -33,6 +32,7 @@ DEFAULTS = {
 def main(argv):
     try:
         cfg, _ = parse_args(DEFAULTS, argv, __doc__)
+        device = pick_device(cfg["device"])
     except ConfigError as e:
         fail(e)
     if cfg["temperature"] < 0:
@@ -41,7 +41,6 @@ def main(argv):
         if cfg[key] < least:
             fail(f"{key}={cfg[key]} must be at least {least}")
 
-    device = pick_device(cfg["device"])
     torch.manual_seed(cfg["seed"])
     ckpt_path = f"{cfg['out_dir']}/ckpt.pt"
     try:

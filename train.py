@@ -6,8 +6,9 @@ One process (CPU, one CUDA GPU or Apple MPS, picked automatically):
     python train.py config/rmoe_small.py --router=linear --out_dir=out-smoe
 DDP, one process per GPU (nccl) or per CPU process (gloo):
     torchrun --standalone --nproc_per_node=2 train.py config/rmoe_small.py
-Continue a run from out_dir/ckpt.pt:
-    python train.py config/rmoe_small.py --init_from=resume
+Continue a run from out_dir/ckpt.pt, with the settings saved in it (model
+settings cannot change; others given explicitly, such as max_iters, win):
+    python train.py --out_dir=out-rmoe-small --init_from=resume --max_iters=4000
 
 Settings: the TrainConfig below and the model's GPTConfig (model.py), set by
 config files (python, run as code) and --key=value overrides; --help lists them.
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from configurator import ConfigError, parse_args
+from configurator import ConfigError, fail, parse_args, pick_device
 from model import GPT, GPTConfig
 from router import routing_summary
 
@@ -89,15 +90,23 @@ def main(argv):
     defaults = {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
     try:
         settings, explicit = parse_args(defaults, argv, __doc__)
+        ckpt_path = os.path.join(settings["out_dir"], "ckpt.pt")
+        ckpt = None
+        if settings["init_from"] == "resume":
+            ckpt = load_checkpoint(ckpt_path)
+            settings = resumed_settings(settings, explicit, ckpt)
+        elif os.path.exists(ckpt_path):
+            raise ValueError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
+                             f"or pick a new --out_dir (nothing was overwritten)")
         cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
         model_settings = {k: settings[k] for k in MODEL_KEYS}
         GPTConfig(**model_settings)  # check the model settings before touching anything
+        device = pick_device(cfg.device)
     except (ConfigError, ValueError) as e:
         fail(e)
 
     # ---- processes and device
     ddp = "RANK" in os.environ  # set by torchrun
-    device = pick_device(cfg.device)
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
         if device.startswith("cuda"):
@@ -143,25 +152,15 @@ def main(argv):
         return x.to(device), y.to(device)
 
     # ---- model, optimizer, and the step to start from
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    if cfg.init_from == "scratch":
-        if os.path.exists(ckpt_path):
-            fail(f"{ckpt_path} already exists; continue it with --init_from=resume, "
-                 f"or pick a new --out_dir (nothing was overwritten)")
+    if ckpt is None:
         vocab_size = len(vocab) if vocab else 50304  # GPT-2's 50257 padded to a multiple of 64
         model = GPT(GPTConfig(**model_settings, vocab_size=vocab_size))
-        iter_num, best_val_loss, ckpt = 0, float("inf"), None
+        iter_num, best_val_loss = 0, float("inf")
     else:
+        if ckpt.get("vocab") != vocab:
+            fail(f"the checkpoint was trained on another vocabulary than {data_dir}; "
+                 f"resume with the dataset it was trained on")
         try:
-            ckpt = load_checkpoint(ckpt_path, device)
-            conflicts = [f"{k}={model_settings[k]!r} (checkpoint: {ckpt['model_config'][k]!r})"
-                         for k in MODEL_KEYS if k in explicit and model_settings[k] != ckpt["model_config"][k]]
-            if conflicts:
-                raise ValueError(f"settings conflict with the checkpoint's model: {', '.join(conflicts)}; "
-                                 f"drop them to resume, or start a new --out_dir")
-            if ckpt.get("vocab") != vocab:
-                raise ValueError(f"the checkpoint was trained on another vocabulary than {data_dir}; "
-                                 f"resume with the dataset it was trained on")
             model = model_from_checkpoint(ckpt, ckpt_path)
         except ValueError as e:
             fail(e)
@@ -169,8 +168,8 @@ def main(argv):
     model.to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])].cpu())
+        optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+        set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])], device_type)
         ckpt = None  # free the memory
     raw_model = model
     if cfg.compile:
@@ -178,10 +177,10 @@ def main(argv):
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 
+    tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * block_size  # over all processes
     if master:
         os.makedirs(cfg.out_dir, exist_ok=True)
         c = raw_model.config
-        tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * block_size
         print(f"model: {c.n_layer} layers x {c.n_embd} wide, "
               + (f"{c.n_experts} experts top-{c.top_k}, router {c.router}" if c.is_moe else "dense MLP")
               + f" | params {raw_model.num_params() / 1e6:.2f}M total, "
@@ -218,14 +217,14 @@ def main(argv):
         return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
     # ---- the loop
-    t0 = time.time()
+    t0, timed_steps = time.time(), 0
     while True:
         lr = learning_rate(iter_num)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
-            rng = gather_rng_states(ddp, world_size)  # a collective: every process takes part
+            rng = gather_rng_states(ddp, world_size, device_type)  # a collective: every process takes part
             if master:
                 losses, per_layer = evaluate()
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -241,7 +240,7 @@ def main(argv):
                         "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
                     }, ckpt_path)
                     print(f"  saved {ckpt_path}")
-            t0 = time.time()  # evaluation time is not step time
+            t0, timed_steps = time.time(), 0  # evaluation time is not step time
         if iter_num >= cfg.max_iters:
             break
 
@@ -258,17 +257,18 @@ def main(argv):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
+        timed_steps += 1
 
         if iter_num % cfg.log_interval == 0 and master:
             if device_type == "cuda":
                 torch.cuda.synchronize()
-            dt = (time.time() - t0) / cfg.log_interval
-            t0 = time.time()
+            dt = (time.time() - t0) / timed_steps
+            t0, timed_steps = time.time(), 0
             tokens_per_s = tokens_per_step / dt
             line = (f"iter {iter_num}: loss {aux['lm_loss'].item():.4f}, lb {aux['lb_loss'].item():.3f}, "
                     f"lr {lr:.2e}, {dt * 1000:.0f} ms/step, {tokens_per_s:,.0f} tok/s")
             if device_type == "cuda":
-                mfu = raw_model.flops_per_token() * tokens_per_s / (cfg.peak_tflops * 1e12)
+                mfu = raw_model.flops_per_token() * tokens_per_s / (world_size * cfg.peak_tflops * 1e12)
                 line += f", mfu {100 * mfu:.1f}%"
             print(line)
 
@@ -276,19 +276,17 @@ def main(argv):
         dist.destroy_process_group()
 
 
-def fail(message):
-    """One line on stderr and a non-zero exit: bad input is not a traceback."""
-    raise SystemExit(f"error: {message}")
-
-
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+def resumed_settings(settings, explicit, ckpt):
+    """The checkpoint's settings, except those given explicitly now; a model setting given
+    explicitly must equal the checkpoint's, since the weights are shaped by it."""
+    saved = {**ckpt.get("train_config", {}), **ckpt["model_config"]}
+    conflicts = [f"{k}={settings[k]!r} (checkpoint: {saved[k]!r})"
+                 for k in MODEL_KEYS if k in explicit and settings[k] != saved[k]]
+    if conflicts:
+        raise ValueError(f"settings conflict with the checkpoint's model: {', '.join(conflicts)}; "
+                         f"drop them to resume, or start a new --out_dir")
+    keep = explicit | {"out_dir", "init_from"}  # where the checkpoint is now, not where it was written
+    return {k: v if k in keep or k not in saved else saved[k] for k, v in settings.items()}
 
 
 def seeded_generator(*keys):
@@ -297,14 +295,26 @@ def seeded_generator(*keys):
     return torch.Generator().manual_seed(seed)
 
 
-def gather_rng_states(ddp, world_size):
-    """Every process's torch RNG state (dropout), so resume continues each exactly."""
-    state = torch.get_rng_state()
+def gather_rng_states(ddp, world_size, device_type):
+    """Every process's RNG states (dropout draws from the device's), so resume continues each exactly."""
+    state = {"cpu": torch.get_rng_state()}
+    if device_type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state()
+    elif device_type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
     if not ddp:
         return [state]
     states = [None] * world_size
     dist.all_gather_object(states, state)
     return states
+
+
+def set_rng_state(state, device_type):
+    torch.set_rng_state(state["cpu"].cpu())
+    if device_type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+    elif device_type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"].cpu())
 
 
 def load_dataset(name, master, ddp):
@@ -315,13 +325,13 @@ def load_dataset(name, master, ddp):
     prepare = os.path.join(data_dir, "prepare.py")
     if not os.path.exists(train_bin) and os.path.exists(prepare) and master:
         print(f"dataset {name} is not prepared yet: running {os.path.relpath(prepare)}")
-        if subprocess.run([sys.executable, prepare]).returncode != 0:
-            fail(f"preparing {name} failed (see above); fix that and run {prepare} again")
+        subprocess.run([sys.executable, prepare])  # prints its own error if it fails
     if ddp:
-        dist.barrier()  # the other processes wait for the master's prepare
+        dist.barrier()  # the other processes wait for the master's prepare, then all check
     if not all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin")):
-        fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; "
-             f"prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
+        hint = (f"{prepare} did not finish (see above)" if os.path.exists(prepare) else
+                "prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
+        fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; {hint}")
     meta_path = os.path.join(data_dir, "meta.pkl")
     if not os.path.exists(meta_path):
         return data_dir, None

@@ -32,10 +32,16 @@ def test_overrides_and_config_files(tmp_path):
     (["--compile=1"], "compile must be bool"),
     (["--max_iters"], "has no value"),
     (["nope/missing.py"], "cannot read config file 'nope/missing.py'"),
+    (["--learning_rate=fast"], "learning_rate must be float"),
 ])
 def test_bad_settings_name_the_problem(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_args(DEFAULTS, argv, "")
+
+
+def test_string_settings_take_the_text_as_it_is():
+    cfg, _ = parse_args({"out_dir": "out", "start": "\n"}, ["--out_dir=2024", "--start=\"quoted\""], "")
+    assert cfg == {"out_dir": "2024", "start": '"quoted"'}
 
 
 def test_config_file_that_raises_is_one_line(tmp_path):
@@ -90,6 +96,15 @@ def test_resume_continues_bit_exactly(tiny_data, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(exp_avg, exp_avg_b))
 
 
+def test_resume_takes_the_checkpoint_settings(tiny_data, tmp_path):
+    train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=2", "--gradient_accumulation_steps=1")
+    # no config and no model settings: shape, batch and data all come from the checkpoint
+    result = run("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=4")
+    assert result.returncode == 0, result.stderr
+    assert "128 tokens per step, from step 2 to 4" in result.stdout  # 1 x 4 x 32, not the default 2 x 8 x 128
+    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 4
+
+
 def test_scratch_run_never_overwrites_a_checkpoint(tiny_data, tmp_path):
     train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=2")
     before = (tmp_path / "ckpt.pt").read_bytes()
@@ -109,7 +124,8 @@ def test_resume_refuses_conflicting_model_settings(tiny_data, tmp_path):
 
 
 def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
-    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=2", "--device=cpu"]
+    # 4 micro-steps: 2 per process, so the gradient sync is skipped on the first and done on the second
+    args = ["--max_iters=3", "--eval_interval=3", "--gradient_accumulation_steps=4", "--device=cpu"]
     train(tiny_data, tmp_path / "one", *args)
     result = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
                  f"--dataset={tiny_data}", f"--out_dir={tmp_path / 'two'}", *TINY, *args)
@@ -162,3 +178,37 @@ def test_small_configs_are_a_fair_comparison():
     assert d.config.mlp_hidden == c.top_k * c.mlp_hidden
     # active parameters differ only by the router
     assert s.num_active_params() - d.num_active_params() == c.n_layer * c.n_embd * c.n_experts
+
+
+def test_sample_refuses_missing_and_mismatched_checkpoints(tiny_data, tmp_path):
+    missing = run("sample.py", f"--out_dir={tmp_path}")
+    assert missing.returncode != 0 and "no checkpoint at" in missing.stderr
+    train(tiny_data, tmp_path, "--max_iters=2", "--eval_interval=2")
+    ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    ckpt["model_config"]["n_layer"] = 3  # the weights are of a 2-layer model
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    result = run("sample.py", f"--out_dir={tmp_path}")
+    assert result.returncode != 0 and "does not fit" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_one_line_error():
+    result = run("train.py", "--device=cuda")
+    assert result.returncode != 0 and "device='cuda' is not available" in result.stderr
+
+
+def test_bpe_tokenizer_round_trips(monkeypatch):
+    """Checkpoints without a character vocabulary use GPT-2 BPE through tiktoken; a tiny
+    hand-made byte-level encoding stands in for the real one, which needs a download."""
+    import tiktoken
+
+    import sample
+
+    byte_level = tiktoken.Encoding(name="bytes", pat_str=r"\S+|\s+", special_tokens={"<|endoftext|>": 256},
+                                   mergeable_ranks={bytes([i]): i for i in range(256)})
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: byte_level)
+    encode, decode = sample.tokenizer(None)
+    ids = encode("Höw<|endoftext|>")
+    assert ids == list("Höw".encode()) + [256]
+    assert decode(ids) == "Höw<|endoftext|>"
