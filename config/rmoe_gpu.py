@@ -23,4 +23,3 @@ lr_decay_iters = 10000
 eval_interval = 500
 eval_iters = 50
 log_interval = 50
-compile = True
