@@ -248,3 +248,17 @@ def test_flops_per_token_equals_a_hand_count():
                  + 2 * C)  # two LayerNorm weights
     weight_uses = L * per_layer + C + V * C  # final LayerNorm, tied output head
     assert model.flops_per_token() == 6 * weight_uses + 12 * L * C * T
+
+
+def test_bf16_autocast_keeps_the_router_softmax_in_fp32():
+    """The CUDA path trains under bf16 autocast; the same autocast on CPU checks the dtypes meet."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).float()
+    idx = torch.randint(0, 11, (2, 16))
+    _, loss32, _ = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss16, aux = model(idx, idx)
+    loss16.backward()
+    assert logits.dtype == torch.bfloat16 and aux["routing"][0].probs.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.02
+    assert model.blocks[0].mlp.w1.grad.dtype == torch.float32
