@@ -32,10 +32,11 @@ def load_checkpoint(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot read checkpoint {path} ({reason}); it is truncated, corrupt or not "
                          f"a checkpoint: retrain or restore it") from None
-    if not isinstance(ckpt, dict) or not {"model", "model_config"} <= ckpt.keys():
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
+            and isinstance(ckpt.get("model_config"), dict)):
         raise ValueError(f"{path} is not an rmoe checkpoint (no model/model_config inside)")
     return ckpt
 

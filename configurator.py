@@ -5,16 +5,18 @@ Command-line configuration in nanoGPT's style, with checks:
 
 A config file is python that assigns top-level names (it runs as code: only use
 files you trust). --key=value overrides a default; the value is read as a
-python literal, or kept as a string if it is not one. Every key must already
-have a default (an unknown key names the closest valid ones), and the type of
-the new value must match the default's (an int may stand for a float). A
-setting whose default is a string takes the text as it is (--out_dir=2024).
+python literal, or kept as a string if it is not one; a setting whose default
+is a string takes the text as it is (--out_dir=2024). Config files apply
+first, then the overrides, wherever they stand on the command line. Every key
+must already have a default (an unknown key names the closest valid ones), and
+the type of a new value must match the default's (an int may stand for a float).
 
 Also here: fail(), the one-line exit for bad input, and pick_device().
 """
 
 import ast
 import difflib
+import re
 import sys
 
 import torch
@@ -25,26 +27,32 @@ class ConfigError(Exception):
 
 
 def parse_args(defaults, argv, usage):
-    """Returns (config dict, set of keys the user set) from defaults, config files and overrides.
-    Exits after printing the keys and defaults for --help."""
+    """Returns (config dict, set of keys the user set): the defaults, then every config file,
+    then every --key=value, whatever their order on the command line. --help prints the
+    settings as they stand after the config files, and exits."""
     config = dict(defaults)
     explicit = set()
+    files = [arg for arg in argv if not arg.startswith("-")]
+    for path in files:
+        for key, value in _read_config_file(path).items():
+            _set(config, explicit, key, value, f"config file {path}")
     for arg in argv:
         if arg in ("-h", "--help"):
             print(usage)
-            width = max(map(len, defaults))
-            for key, value in defaults.items():
+            width = max(map(len, config))
+            for key, value in config.items():
                 print(f"  --{key:<{width}} = {value!r}")
             sys.exit(0)
-        if arg.startswith("--"):
-            key, sep, text = arg[2:].partition("=")
-            if not sep:
-                raise ConfigError(f"override {arg!r} has no value; write it as --{key}=VALUE")
-            value = text if isinstance(config.get(key), str) else _literal(text)
-            _set(config, explicit, key, value, f"override --{key}")
-        else:
-            for key, value in _read_config_file(arg).items():
-                _set(config, explicit, key, value, f"config file {arg}")
+    for arg in argv:
+        if arg in files:
+            continue
+        if not arg.startswith("--"):
+            raise ConfigError(f"cannot read argument {arg!r}; give settings as --key=value")
+        key, sep, text = arg[2:].partition("=")
+        if not sep:
+            raise ConfigError(f"override {arg!r} has no value; write it as --{key}=VALUE")
+        value = text if isinstance(config.get(key), str) else _literal(text)
+        _set(config, explicit, key, value, f"override --{key}")
     return config, explicit
 
 
@@ -60,8 +68,9 @@ def _read_config_file(path):
         exec(compile(source, path, "exec"), {}, names)
     except Exception as e:
         raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
-    # names starting with _ and imported modules are helpers, not settings
-    return {k: v for k, v in names.items() if not k.startswith("_") and not isinstance(v, type(sys))}
+    # names starting with _, imported modules, functions and classes are helpers, not settings
+    return {k: v for k, v in names.items()
+            if not k.startswith("_") and not isinstance(v, type(sys)) and not callable(v)}
 
 
 def _literal(text):
@@ -96,6 +105,8 @@ def pick_device(name):
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"device={name!r} is not one of auto, cpu, cuda, cuda:N, mps")
     if (name.startswith("cuda") and not cuda) or (name == "mps" and not mps):
         raise ConfigError(f"device={name!r} is not available on this machine; use --device=auto or --device=cpu")
     return name

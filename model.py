@@ -66,9 +66,10 @@ class GPTConfig:
             raise ValueError(f"router={self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.router_passing not in ROUTER_PASSING:
             raise ValueError(f"router_passing={self.router_passing!r} is not one of {', '.join(ROUTER_PASSING)}")
-        if self.router not in CELLS and (self.router_passing != "full" or self.router_shared_proj):
+        if not self.is_recurrent and (self.router_passing != "full" or self.router_shared_proj):
             raise ValueError(f"router_passing and router_shared_proj only apply to recurrent routers "
-                             f"({', '.join(CELLS)}), not router={self.router!r}")
+                             f"({', '.join(CELLS)}) with n_experts > 0, not router={self.router!r}, "
+                             f"n_experts={self.n_experts}")
         if self.lb_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError("lb_loss_coef and z_loss_coef must be >= 0")
 
@@ -273,7 +274,7 @@ class GPT(nn.Module):
             if temperature == 0:
                 next_idx = logits.argmax(dim=-1, keepdim=True)
             else:
-                logits = logits / temperature
+                logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # no overflow when tiny
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")

@@ -37,9 +37,11 @@ def main(argv):
         fail(e)
     if cfg["temperature"] < 0:
         fail(f"temperature={cfg['temperature']} must be >= 0 (0 is greedy)")
-    for key, least in (("top_k", 1), ("num_samples", 1), ("max_new_tokens", 0)):
+    for key, least in (("top_k", 1), ("num_samples", 1), ("max_new_tokens", 0), ("seed", 0)):
         if cfg[key] < least:
             fail(f"{key}={cfg[key]} must be at least {least}")
+    if cfg["seed"] >= 2 ** 63:
+        fail(f"seed={cfg['seed']} must be below 2**63")
 
     torch.manual_seed(cfg["seed"])
     ckpt_path = f"{cfg['out_dir']}/ckpt.pt"

@@ -80,9 +80,17 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must not be negative")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed={self.seed} must be in [0, 2**63)")
+        if not self.out_dir or os.path.isfile(self.out_dir):
+            raise ValueError(f"out_dir={self.out_dir!r} must name a folder (it may not exist yet)")
 
 
 MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]  # vocab_size comes from the data
+RESUME_MAY_CHANGE = {"dropout", "lb_loss_coef", "z_loss_coef"}  # model settings that shape no weight
 
 
 def main(argv):
@@ -94,14 +102,17 @@ def main(argv):
         ckpt = None
         if settings["init_from"] == "resume":
             ckpt = load_checkpoint(ckpt_path)
-            settings = resumed_settings(settings, explicit, ckpt)
-        elif os.path.exists(ckpt_path):
-            raise ValueError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
-                             f"or pick a new --out_dir (nothing was overwritten)")
+            settings = resumed_settings(settings, explicit, ckpt, ckpt_path)
         cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
         model_settings = {k: settings[k] for k in MODEL_KEYS}
         GPTConfig(**model_settings)  # check the model settings before touching anything
         device = pick_device(cfg.device)
+        if ckpt is None and os.path.exists(ckpt_path):
+            raise ValueError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
+                             f"or pick a new --out_dir (nothing was overwritten)")
+        if ckpt is not None and cfg.max_iters < ckpt["iter_num"]:
+            raise ValueError(f"max_iters={cfg.max_iters} is before the checkpoint's step {ckpt['iter_num']}; "
+                             f"raise --max_iters to train on")
     except (ConfigError, ValueError) as e:
         fail(e)
 
@@ -133,6 +144,12 @@ def main(argv):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed + rank)  # dropout differs per process; data order is seeded separately
 
+    if master:
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as e:
+            fail(f"cannot create out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir")
+
     # ---- data (prepared on first use)
     data_dir, vocab = load_dataset(cfg.dataset, master, ddp)
     block_size = model_settings["block_size"]
@@ -158,8 +175,9 @@ def main(argv):
         iter_num, best_val_loss = 0, float("inf")
     else:
         if ckpt.get("vocab") != vocab:
-            fail(f"the checkpoint was trained on another vocabulary than {data_dir}; "
-                 f"resume with the dataset it was trained on")
+            fail(f"the checkpoint's vocabulary differs from the one in {data_dir} (was the dataset prepared "
+                 f"again from other text?); resume with the data it was trained on")
+        ckpt["model_config"].update({k: model_settings[k] for k in RESUME_MAY_CHANGE})
         try:
             model = model_from_checkpoint(ckpt, ckpt_path)
         except ValueError as e:
@@ -179,7 +197,6 @@ def main(argv):
 
     tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * block_size  # over all processes
     if master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         c = raw_model.config
         print(f"model: {c.n_layer} layers x {c.n_embd} wide, "
               + (f"{c.n_experts} experts top-{c.top_k}, router {c.router}" if c.is_moe else "dense MLP")
@@ -276,12 +293,17 @@ def main(argv):
         dist.destroy_process_group()
 
 
-def resumed_settings(settings, explicit, ckpt):
-    """The checkpoint's settings, except those given explicitly now; a model setting given
-    explicitly must equal the checkpoint's, since the weights are shaped by it."""
-    saved = {**ckpt.get("train_config", {}), **ckpt["model_config"]}
-    conflicts = [f"{k}={settings[k]!r} (checkpoint: {saved[k]!r})"
-                 for k in MODEL_KEYS if k in explicit and settings[k] != saved[k]]
+def resumed_settings(settings, explicit, ckpt, ckpt_path):
+    """The checkpoint's settings, except those given explicitly now. A model setting given
+    explicitly must equal the checkpoint's (the weights are made for it), but for the few
+    that shape no weight (RESUME_MAY_CHANGE)."""
+    missing = {"optimizer", "iter_num", "best_val_loss", "rng", "train_config"} - ckpt.keys()
+    if missing:
+        raise ValueError(f"{ckpt_path} has no training state ({', '.join(sorted(missing))}), so it cannot be "
+                         f"resumed; sample from it, or train a new model")
+    saved = {**ckpt["train_config"], **ckpt["model_config"]}
+    conflicts = [f"{k}={settings[k]!r} (checkpoint: {saved[k]!r})" for k in MODEL_KEYS
+                 if k in explicit and k not in RESUME_MAY_CHANGE and settings[k] != saved.get(k)]
     if conflicts:
         raise ValueError(f"settings conflict with the checkpoint's model: {', '.join(conflicts)}; "
                          f"drop them to resume, or start a new --out_dir")

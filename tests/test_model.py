@@ -71,11 +71,12 @@ def brute_force_moe(moe, x, h, core):
     return (gate.unsqueeze(-1) * outs).sum(1).view_as(x)
 
 
-@pytest.mark.parametrize("router", ["linear", "mlp", "gru"])
+@pytest.mark.parametrize("router, shared_proj", [("linear", False), ("mlp", False), ("gru", False), ("rnn", False),
+                                                 ("gru", True)])
 @pytest.mark.parametrize("norm_topk", [True, False])
-def test_dispatch_equals_brute_force(router, norm_topk):
+def test_dispatch_equals_brute_force(router, shared_proj, norm_topk):
     torch.manual_seed(0)
-    config = tiny_config(router=router, norm_topk=norm_topk, n_experts=5, top_k=2)
+    config = tiny_config(router=router, norm_topk=norm_topk, n_experts=5, top_k=2, router_shared_proj=shared_proj)
     moe = MoE(config)
     core = RouterCore(config) if config.is_recurrent else None
     x = torch.randn(3, 7, 16, requires_grad=True)
@@ -196,13 +197,16 @@ def test_load_balance_loss_sends_gradient_to_experts_outside_top_k():
     assert grad[unchosen].abs().min() > 0
 
 
-def test_model_loss_adds_weighted_aux_losses():
+def test_model_loss_adds_weighted_aux_losses_averaged_over_layers():
     torch.manual_seed(0)
     model = GPT(tiny_config(lb_loss_coef=0.5, z_loss_coef=0.25))
     idx = torch.randint(0, 11, (2, 16))
     _, loss, aux = model(idx, idx)
-    torch.testing.assert_close(loss, aux["lm_loss"] + 0.5 * aux["lb_loss"] + 0.25 * aux["z_loss"])
-    assert aux["lb_loss"].item() >= 0 and len(aux["routing"]) == 3
+    routing = aux["routing"]
+    assert len(routing) == 3
+    lb = sum(load_balance_loss(r.probs, r.topk_idx) for r in routing) / 3
+    z = sum(torch.logsumexp(r.logits, -1).square().mean() for r in routing) / 3
+    torch.testing.assert_close(loss, F.cross_entropy(model(idx, idx)[0].flatten(0, 1), idx.flatten()) + 0.5 * lb + 0.25 * z)
 
 
 def test_dense_model_has_no_routing_and_no_aux_loss():
@@ -221,6 +225,7 @@ def test_generate_greedy_is_deterministic_and_crops_long_prompts():
     a = model.generate(prompt, 5, temperature=0)
     b = model.generate(prompt[:, -16:], 5, temperature=0)
     assert a.shape == (1, 45) and torch.equal(a[:, -5:], b[:, -5:])
+    assert torch.equal(model.generate(prompt, 5, temperature=1e-40), a)  # a tiny temperature is greedy, not NaN
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -268,3 +268,14 @@ def test_matching_cached_input_txt_is_reused_without_pip(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "using cached" in result.stdout and "--dataset=shakespeare_char" in result.stdout
     assert set(os.listdir(script.parent)) == {"prepare.py", "input.txt"} | OUTPUTS
+
+
+def test_input_never_overwrites_an_existing_dataset(tmp_path):
+    source = tmp_path / "shakespeare.txt"  # its default folder would be data/shakespeare_char
+    source.write_text("To be, or not to be: that is the question.\n" * 20)
+    out_dir = tmp_path / "out"
+    assert run_prepare(f"--input={source}", f"--out_dir={out_dir}").returncode == 0
+    before = (out_dir / "train.bin").read_bytes()
+    source.write_text("Something else entirely.\n" * 20)
+    assert_one_line_error(run_prepare(f"--input={source}", f"--out_dir={out_dir}"), "already holds a dataset")
+    assert (out_dir / "train.bin").read_bytes() == before

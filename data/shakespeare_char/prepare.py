@@ -213,6 +213,9 @@ def run(argv):
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"output folder {out_dir} is a file; pass another --out_dir")
 
+    if args.input and (out_dir / "train.bin").exists():
+        raise PrepareError(f"{out_dir} already holds a dataset; pass another --out_dir, "
+                           "or delete that folder to rebuild it from this file")
     if args.input:
         text = user_text(args.input)
     elif args.sdist:
