@@ -221,8 +221,9 @@ def main(argv):
                     routing.append(aux["routing"])
             losses[split] = total / cfg.eval_iters
         raw_model.train()
-        per_layer = [routing_summary(torch.cat([r[i].probs for r in routing]), torch.cat([r[i].topk_idx for r in routing]))
-                     for i in range(len(routing[0]))]
+        layers = zip(*routing)  # routing[batch][layer] -> per layer, all batches
+        per_layer = [routing_summary(torch.cat([r.probs for r in layer]), torch.cat([r.topk_idx for r in layer]))
+                     for layer in layers]
         return losses, per_layer
 
     def learning_rate(it):
