@@ -93,11 +93,15 @@ MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "vocab_size"]  # vo
 RESUME_MAY_CHANGE = {"dropout", "lb_loss_coef", "z_loss_coef"}  # model settings that shape no weight
 
 
+def default_settings():
+    """Every setting train.py takes, training and model, with its default."""
+    return {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
+
+
 def main(argv):
     # ---- settings: defaults < config files < --key=value
-    defaults = {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
     try:
-        settings, explicit = parse_args(defaults, argv, __doc__)
+        settings, explicit = parse_args(default_settings(), argv, __doc__)
         ckpt_path = os.path.join(settings["out_dir"], "ckpt.pt")
         ckpt = None
         if settings["init_from"] == "resume":

@@ -3,7 +3,6 @@ resume, DDP against one process, and the whole path from a text file to a sample
 
 import os
 import re
-from dataclasses import asdict
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from checkpoint import load_checkpoint
 from configurator import ConfigError, parse_args
 from conftest import REPO, TINY, run, sample_text
 from model import GPT, GPTConfig
-from train import MODEL_KEYS, TrainConfig
+from train import MODEL_KEYS, default_settings
 
 DEFAULTS = {"learning_rate": 1e-3, "max_iters": 100, "router": "gru", "compile": False}
 
@@ -197,18 +196,14 @@ def test_text_file_to_trained_model_to_sample(tmp_path):
 
 def test_small_configs_are_a_fair_comparison():
     """rmoe_small, smoe_small and dense_small share the shape and the active expert/MLP parameters."""
-    defaults = {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
-    models = {}
-    for name in ("rmoe_small", "smoe_small", "dense_small"):
-        settings, _ = parse_args(defaults, [os.path.join(REPO, "config", f"{name}.py")], "")
-        models[name] = GPT(GPTConfig(**{k: settings[k] for k in MODEL_KEYS}, vocab_size=84))
-        models[name].settings = settings
-    r, s, d = models["rmoe_small"], models["smoe_small"], models["dense_small"]
+    settings = {name: parse_args(default_settings(), [os.path.join(REPO, "config", f"{name}.py")], "")[0]
+                for name in ("rmoe_small", "smoe_small", "dense_small")}
+    r, s, d = (GPT(GPTConfig(**{k: v[k] for k in MODEL_KEYS}, vocab_size=84)) for v in settings.values())
     assert r.config.router == "gru" and s.config.router == "linear" and not d.config.is_moe
     for key in ("n_layer", "n_embd", "n_head", "block_size", "dropout"):
         assert getattr(r.config, key) == getattr(s.config, key) == getattr(d.config, key)
     for key in ("max_iters", "batch_size", "gradient_accumulation_steps", "learning_rate"):
-        assert r.settings[key] == s.settings[key] == d.settings[key]
+        assert settings["rmoe_small"][key] == settings["smoe_small"][key] == settings["dense_small"][key]
     c = s.config
     assert d.config.mlp_hidden == c.top_k * c.mlp_hidden
     # active parameters differ only by the router
