@@ -94,13 +94,37 @@ class CausalSelfAttention(nn.Module):
         nn.init.normal_(self.c_attn.weight, std=0.02)
         nn.init.normal_(self.c_proj.weight, std=residual_std(config))
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        if kv_cache is not None:
+            k, v = kv_cache.extend(k, v)  # (B, nh, T_cached + T, hs) this layer's keys and values so far
+        # a prefill is square and causal; a cached step's one new query may see every key
+        causal = q.size(2) == k.size(2)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+class KVCache:
+    """One layer's attention keys and values for the tokens generate() has fed in so far.
+
+    Only attention is cached. The router state h runs over depth, not time: a new
+    token's routing starts from h_0 at the first layer and reads nothing of earlier
+    tokens, so there is no router state to keep between steps.
+    """
+
+    def __init__(self):
+        self.k = self.v = None  # (B, nh, T_cached, hs)
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.size(2)
+
+    def extend(self, k, v):
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
 
 
 def residual_std(config):
@@ -167,7 +191,9 @@ class MoE(nn.Module):
         token_of_slot = order // k  # (N*k,) which token each sorted slot reads
         counts = torch.bincount(expert_of_slot, minlength=self.w1.shape[0]).tolist()  # split sizes (host sync)
         xs = x[token_of_slot].split(counts)  # E tensors (n_e, C)
-        ys = torch.cat([swiglu(xe, self.w1[e], self.w3[e], self.w2[e]) for e, xe in enumerate(xs)])  # (N*k, C)
+        experts = zip(xs, self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0))
+        # unbind, not self.w1[e]: one gradient tensor per weight, not one full-size zero tensor per expert
+        ys = torch.cat([swiglu(xe, w1, w3, w2) for xe, w1, w3, w2 in experts if len(xe)])  # (N*k, C)
         ys = ys * weights.flatten()[order].unsqueeze(-1)  # scale each slot's output by its gate weight
         return torch.zeros_like(x).index_add_(0, token_of_slot, ys)  # (N, C) sum the k outputs per token
 
@@ -181,8 +207,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=False)
         self.mlp = MoE(config) if config.is_moe else MLP(config)
 
-    def forward(self, x, h, core):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, h, core, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), kv_cache)
         y, h, routing = self.mlp(self.ln_2(x), h, core)  # router and experts both read ln_2(x)
         return x + y, h, routing
 
@@ -204,19 +230,24 @@ class GPT(nn.Module):
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_caches=None):
         """Returns (logits, loss, aux). loss = lm + lb_coef * lb + z_coef * z (None without
-        targets); aux holds the separate losses and each MoE layer's Routing."""
+        targets); aux holds the separate losses and each MoE layer's Routing. kv_caches
+        (generate() only): one KVCache per layer; idx then holds only the tokens after the cached ones."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = len(kv_caches[0]) if kv_caches else 0  # position of idx's first token
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
+        if start and T > 1:
+            raise ValueError("after the first call with a KV cache, feed one token at a time")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
 
         h = None  # the router state h_0 = 0 per token, created by the first recurrent router
         routing = []
-        for block in self.blocks:
-            x, h, layer_routing = block(x, h, self.router_core)  # h_{i-1} -> h_i, not detached
+        for i, block in enumerate(self.blocks):
+            kv_cache = kv_caches[i] if kv_caches else None
+            x, h, layer_routing = block(x, h, self.router_core, kv_cache)  # h_{i-1} -> h_i, not detached
             if layer_routing is not None:
                 routing.append(layer_routing)
         x = self.ln_f(x)
@@ -264,12 +295,29 @@ class GPT(nn.Module):
     # sampling
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Extend idx (B, T) by max_new_tokens, feeding the last block_size tokens back in each
-        step. temperature 0 means greedy (argmax); top_k keeps only the k likeliest tokens."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, kv_cache=True):
+        """Extend idx (B, T) by max_new_tokens. temperature 0 means greedy (argmax); top_k keeps
+        only the k likeliest tokens.
+
+        The model sees a window of the latest tokens. When a new token would make it longer than
+        block_size, the window restarts at the last block_size // 2 tokens: positions are learned
+        embeddings, so cached keys cannot slide along, and restarting at half fills the cache
+        with one forward every block_size // 2 tokens. kv_cache=False recomputes the whole
+        window each step; it is the reference the cached path must match token for token.
+        """
+        block_size = self.config.block_size
+        window = max(0, idx.size(1) - block_size)  # index of the window's first token; long prompts are cropped
+        caches = None
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _, _ = self(idx_cond)
+            if idx.size(1) - window > block_size:
+                window, caches = idx.size(1) - block_size // 2, None  # restart the window (and the cache)
+            if not kv_cache:
+                logits, _, _ = self(idx[:, window:])
+            elif caches is None:
+                caches = [KVCache() for _ in self.blocks]
+                logits, _, _ = self(idx[:, window:], kv_caches=caches)  # prefill the whole window at once
+            else:
+                logits, _, _ = self(idx[:, -1:], kv_caches=caches)  # only the newest token
             logits = logits[:, -1, :]  # (B, V)
             if temperature == 0:
                 next_idx = logits.argmax(dim=-1, keepdim=True)

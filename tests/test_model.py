@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, MLP, GPTConfig, MoE, swiglu
+from model import GPT, MLP, GPTConfig, KVCache, MoE, swiglu
 from router import GRUCell, RNNCell, RouterCore, load_balance_loss
 
 
@@ -227,6 +227,45 @@ def test_generate_greedy_is_deterministic_and_crops_long_prompts():
     b = model.generate(prompt[:, -16:], 5, temperature=0)
     assert a.shape == (1, 45) and torch.equal(a[:, -5:], b[:, -5:])
     assert torch.equal(model.generate(prompt, 5, temperature=1e-40), a)  # a tiny temperature is greedy, not NaN
+
+
+def generate_with_routing(model, prompt, n_tokens, **kwargs):
+    """generate()'s tokens, and the top-k experts each layer chose for the token at the end of
+    the window at every step (the one whose logits pick the next token): (steps, layers, B, k)."""
+    chosen = []
+    hooks = [block.mlp.register_forward_hook(lambda m, inp, out: chosen.append(out[2].topk_idx))
+             for block in model.blocks]
+    B = prompt.size(0)
+    out = model.generate(prompt, n_tokens, **kwargs)
+    for hook in hooks:
+        hook.remove()
+    n_layer = len(model.blocks)
+    last = [idx.view(B, -1, idx.size(-1))[:, -1] for idx in chosen]  # (B, k) per call
+    return out, torch.stack(last).view(n_tokens, n_layer, B, -1)
+
+
+@pytest.mark.parametrize("router", ["gru", "linear"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_kv_cache_gives_the_same_tokens_and_expert_choices(router, temperature):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(router=router)).eval()
+    prompt = torch.randint(0, 11, (2, 5))
+    runs = []
+    for kv_cache in (True, False):
+        torch.manual_seed(1)  # the same sampling draws for both
+        runs.append(generate_with_routing(model, prompt, 40, temperature=temperature, kv_cache=kv_cache))
+    (cached, cached_experts), (reference, reference_experts) = runs
+    assert cached.shape == (2, 45)  # 40 new tokens: the 16-token window restarts several times
+    assert torch.equal(cached, reference)
+    assert torch.equal(cached_experts, reference_experts)
+
+
+def test_kv_cache_is_fed_one_token_at_a_time():
+    model = GPT(tiny_config()).eval()
+    caches = [KVCache() for _ in model.blocks]
+    model(torch.zeros(1, 4, dtype=torch.long), kv_caches=caches)
+    with pytest.raises(ValueError, match="one token at a time"):
+        model(torch.zeros(1, 2, dtype=torch.long), kv_caches=caches)
 
 
 @pytest.mark.parametrize("overrides, message", [
