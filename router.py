@@ -157,6 +157,13 @@ def make_router(config):
 # -----------------------------------------------------------------------------
 # losses and statistics over one layer's routing
 
+def slots_per_expert(topk_idx, n_experts):
+    """How many token-slots each expert got, (E,). Not torch.bincount: its output size depends on
+    the data, which torch.compile cannot put in one graph."""
+    idx = topk_idx.flatten()
+    return torch.zeros(n_experts, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+
+
 def load_balance_loss(probs, topk_idx):
     """Switch/Mixtral load-balance loss for one layer.
 
@@ -170,8 +177,7 @@ def load_balance_loss(probs, topk_idx):
     also experts outside the top-k. probs: (N, E) fp32 softmax, topk_idx: (N, k).
     """
     n_tokens, n_experts = probs.shape
-    slots = torch.bincount(topk_idx.flatten(), minlength=n_experts).to(probs.dtype)  # (E,)
-    f = slots / n_tokens
+    f = slots_per_expert(topk_idx, n_experts).to(probs.dtype) / n_tokens  # (E,)
     P = probs.mean(dim=0)
     return n_experts * (f * P).sum()
 

@@ -195,6 +195,7 @@ def main(argv):
         ckpt = None  # free the memory
     raw_model = model
     if cfg.compile:
+        torch._dynamo.config.capture_scalar_outputs = True  # the dispatch's split sizes stay in the graph
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)

@@ -229,6 +229,24 @@ def test_generate_greedy_is_deterministic_and_crops_long_prompts():
     assert torch.equal(model.generate(prompt, 5, temperature=1e-40), a)  # a tiny temperature is greedy, not NaN
 
 
+def test_model_compiles_to_one_graph_with_the_same_loss_and_gradients():
+    """torch.compile(fullgraph=True) must trace forward and backward of the MoE dispatch without a
+    break: the expert counts have a fixed size and the split sizes become symbolic integers
+    (capture_scalar_outputs, set by train.py). aot_eager traces like inductor, without code generation."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(n_layer=2))
+    idx = torch.randint(0, 11, (2, 16))
+    _, reference, _ = model(idx, idx)
+    expected = torch.autograd.grad(reference, list(model.parameters()))
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        _, loss, _ = compiled(idx, idx)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch.testing.assert_close(loss, reference)
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
 def generate_with_routing(model, prompt, n_tokens, **kwargs):
     """generate()'s tokens, and the top-k experts each layer chose for the token at the end of
     the window at every step (the one whose logits pick the next token): (steps, layers, B, k)."""
