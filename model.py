@@ -258,7 +258,7 @@ class GPT(nn.Module):
 
         aux = {"routing": routing}
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None, aux  # (B, 1, V) only the last position is needed
+            return self.lm_head(x[:, -1:, :]), None, aux  # (B, 1, V) only the last position is needed
         logits = self.lm_head(x)  # (B, T, V)
         lm_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         lb, zl = aux_losses(routing)
