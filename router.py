@@ -55,6 +55,11 @@ class GRUCell(nn.Module):
             nn.init.uniform_(w, -1 / math.sqrt(dim), 1 / math.sqrt(dim))
 
     def forward(self, x, h):
+        z, n = self.gates(x, h)
+        return (1 - z) * n + z * h  # (N, p)
+
+    def gates(self, x, h):
+        """The update gate z and the candidate state n of one step, each (N, p); analyze.py reads z."""
         gi = F.linear(x, self.weight_ih, self.bias_ih)  # (N, 3p) input part of r, z, n
         gh = F.linear(h, self.weight_hh, self.bias_hh)  # (N, 3p) state part of r, z, n
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -62,7 +67,7 @@ class GRUCell(nn.Module):
         r = torch.sigmoid(i_r + h_r)  # reset gate: how much of h enters the candidate
         z = torch.sigmoid(i_z + h_z)  # update gate: how much of h_{i-1} is kept
         n = torch.tanh(i_n + r * h_n)  # candidate state
-        return (1 - z) * n + z * h  # (N, p)
+        return z, n
 
 
 class RNNCell(nn.Module):
