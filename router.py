@@ -278,10 +278,12 @@ def gate_mutual_info(probs):
 
 @torch.no_grad()
 def choice_mutual_info(topk_idx, n_experts):
-    """Mutual information in bits between consecutive layers' top-1 experts over the tokens:
-    L-1 values, each from 0 (independent choices) to the choice entropy (one determines the other)."""
-    top1 = [idx[:, 0] for idx in topk_idx]  # topk sorts: column 0 is each token's first choice
-    return [mutual_info(contingency(a, b, n_experts)).item() / math.log(2) for a, b in zip(top1, top1[1:])]
+    """Mutual information in bits between the top-1 experts of every pair of layers, over the
+    tokens: an (L, L) matrix, from 0 (independent choices) up to the choice entropy (one layer's
+    choice determines the other's), which is what the diagonal holds."""
+    top1 = [idx[:, 0] for idx in topk_idx]  # (N,) each; topk sorts, so column 0 is the first choice
+    return torch.tensor([[mutual_info(contingency(a, b, n_experts)).item() / math.log(2) for b in top1]
+                         for a in top1])
 
 
 @torch.no_grad()
