@@ -1,12 +1,22 @@
 """The routing metrics on hand-made routing with a known answer, analyze.py end to end, and
 sample.py's routing trace."""
 
+import json
 import math
+import os
+import pickle
+import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
+import sample
+from analyze import expert_similarity
+from checkpoint import save_checkpoint
+from conftest import run
+from model import GPT, GPTConfig
 from router import (choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
                     routing_summary)
 
@@ -103,3 +113,155 @@ def test_gate_mutual_info_follows_the_papers_recipe():
     spread = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
     two_tokens = gate_mutual_info([torch.cat([a, spread]), torch.cat([crossed, spread])])
     assert two_tokens[0, 1] == pytest.approx((0 + math.log(4)) / 2)
+
+
+def test_expert_similarity_is_3_for_identical_experts_and_3_over_e_for_orthogonal_ones():
+    E, C, H = 4, 6, 5
+    torch.manual_seed(0)
+    one = [torch.randn(C, H), torch.randn(C, H), torch.randn(H, C)]
+    assert expert_similarity(*(w.expand(E, *w.shape) for w in one)) == pytest.approx(3.0)
+    # expert e's matrices average, over the FFN dim H, to the unit vector e: orthogonal experts.
+    # Averaging over C instead would make all experts alike, so this also checks which dim is H.
+    w1, w3, w2 = torch.zeros(E, C, H), torch.zeros(E, C, H), torch.zeros(E, H, C)
+    for e in range(E):
+        w1[e, e, :] = w3[e, e, :] = w2[e, :, e] = 1.0
+    assert expert_similarity(w1, w3, w2) == pytest.approx(3 / E)
+
+
+def tiny_checkpoint(folder, data, **overrides):
+    """An untrained 3-layer model of the tiny dataset's vocabulary, saved where train.py would. Its
+    weights are drawn at std 1: at the real init every token goes to the same experts."""
+    with open(os.path.join(data, "meta.pkl"), "rb") as f:
+        meta = pickle.load(f)
+    vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
+    settings = dict(vocab_size=len(vocab), block_size=32, n_layer=3, n_head=2, n_embd=32, n_experts=4, top_k=2,
+                    mlp_hidden=32, router_dim=16)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**settings, **overrides})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    os.makedirs(folder, exist_ok=True)
+    save_checkpoint({"model": model.state_dict(), "model_config": asdict(model.config), "vocab": vocab,
+                     "train_config": {"dataset": data}}, os.path.join(folder, "ckpt.pt"))
+    return model, vocab
+
+
+def experts_of(model, vocab, text):
+    """(T, L, k) expert ids of the model's own forward pass over text."""
+    idx = torch.tensor([[vocab.index(c) for c in text]])
+    with torch.no_grad():
+        _, _, aux = model(idx)
+    return torch.stack([r.topk_idx for r in aux["routing"]], dim=1).tolist()
+
+
+def grid_rows(stdout, n_layers):
+    """(position, [cell per layer]) of each row of the printed trace grid."""
+    rows = []
+    for line in stdout.split("  pos  token")[1].splitlines()[1:]:
+        if line.startswith("---"):
+            break
+        fields = line.split()
+        rows.append((int(fields[0]), fields[-n_layers:]))
+    return rows
+
+
+def test_trace_lists_each_tokens_experts_in_each_layer(tiny_data, tmp_path):
+    model, vocab = tiny_checkpoint(tmp_path, tiny_data)
+    prompt = "KING:\nthe king"
+    result = run("sample.py", f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0",
+                 "--num_samples=1", "--trace=True", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout  # not a terminal: plain text
+    expected = experts_of(model, vocab, prompt)
+    rows = grid_rows(result.stdout, 3)
+    assert [pos for pos, _ in rows] == list(range(len(prompt)))
+    assert [[int(c) for c in cells] for _, cells in rows] == [[e[0] for e in layers] for layers in expected]
+
+    topk = run("sample.py", f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0",
+               "--num_samples=1", "--trace=True", "--trace_topk=True", "--device=cpu")
+    rows = grid_rows(topk.stdout, 3)
+    assert [[[int(i) for i in c.split("/")] for c in cells] for _, cells in rows] == expected  # k = 2 ids each
+
+
+def test_trace_of_a_text_longer_than_block_size_covers_the_last_window(tiny_data, tmp_path):
+    model, vocab = tiny_checkpoint(tmp_path, tiny_data)
+    prompt = "KING:\nthe king my lord love"  # 27 tokens, then 20 more: 47, of which the last 32 are traced
+    result = run("sample.py", f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=20",
+                 "--num_samples=1", "--trace=True", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.split("\nrouting of")[0]
+    assert text.startswith(prompt) and len(text) == 47
+    assert "routing of the last 32 of 47 tokens (block_size 32)" in result.stdout
+    rows = grid_rows(result.stdout, 3)
+    assert [pos for pos, _ in rows] == list(range(15, 47))
+    assert [[int(c) for c in cells] for _, cells in rows] == [[e[0] for e in layers]
+                                                              for layers in experts_of(model, vocab, text[-32:])]
+
+
+def test_trace_colours_the_text_by_one_layers_top1_expert(tiny_data, tmp_path):
+    model, vocab = tiny_checkpoint(tmp_path, tiny_data)
+    text = "KING:\nthe king"
+    out = sample.routing_trace(model, [vocab.index(c) for c in text], lambda ids: "".join(vocab[i] for i in ids),
+                               topk=False, colour_layer=2)
+    coloured = out.split("layer 2, top-1 expert: ")[1].split("\n", 1)[1]
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured).replace("\u21b5", "") == text
+    colours = [int(c) for c in re.findall(r"\x1b\[30;48;5;(\d+)m", coloured)]
+    layer2 = [layers[2][0] for layers in experts_of(model, vocab, text)]
+    assert colours == [sample.EXPERT_COLOURS[e] for e in layer2]
+    first_line, second_line = coloured.split("\n")  # the newline's mark is painted, the line break is not
+    assert first_line.endswith("\u21b5\x1b[0m") and second_line.startswith("\x1b[30;48;5;")
+
+
+def test_trace_refuses_a_dense_model_and_a_missing_layer(tiny_data, tmp_path):
+    tiny_checkpoint(tmp_path / "moe", tiny_data)
+    bad_layer = run("sample.py", f"--out_dir={tmp_path / 'moe'}", "--trace=True", "--trace_layer=3")
+    assert bad_layer.returncode != 0 and "trace_layer=3 must be between 0 and 2" in bad_layer.stderr
+    tiny_checkpoint(tmp_path / "dense", tiny_data, n_experts=0)
+    dense = run("sample.py", f"--out_dir={tmp_path / 'dense'}", "--trace=True")
+    assert dense.returncode != 0 and "dense model (n_experts=0)" in dense.stderr
+
+
+def test_analyze_shows_models_side_by_side(tiny_data, tmp_path):
+    for name, overrides in [("gru", {}), ("linear", {"router": "linear"}), ("np", {"router_passing": "none"})]:
+        tiny_checkpoint(tmp_path / name, tiny_data, **overrides)
+    out = tmp_path / "routing.json"
+    result = run("analyze.py", f"--ckpts={tmp_path / 'gru'},{tmp_path / 'linear'},{tmp_path / 'np'}",
+                 "--tokens=250", f"--json={out}", f"--plots={tmp_path / 'plots'}", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^ +gru +linear +np$", result.stdout, re.M)
+    models = json.loads(out.read_text())["models"]
+    for m in models.values():
+        assert m["tokens"] == 256  # rounded up to 8 whole windows of 32
+        assert len(m["layers"]) == 3 and all(sum(s["load"]) == pytest.approx(1) for s in m["layers"])
+        assert np.array(m["gate_mi"]).shape == np.array(m["top1_mi_bits"]).shape == (3, 3)
+        assert all(sum(h) == pytest.approx(1) for h in m["entropy_hist"])
+    # the recurrent state: |h| < sqrt(p) for a GRU; no update gate where h_{i-1} = 0
+    assert "state_norm" not in models["linear"]
+    assert all(0 < n < 4 for n in models["gru"]["state_norm"])
+    assert models["gru"]["update_gate"][0] is None and all(0 < z < 1 for z in models["gru"]["update_gate"][1:])
+    assert models["np"]["update_gate"] == [None, None, None]  # no passing: every layer starts from h_0
+    try:
+        import matplotlib  # noqa: F401  (optional: CI has none)
+        assert sorted(os.listdir(tmp_path / "plots")) == ["expert_load.png", "gate_entropy.png", "gate_mi.png",
+                                                          "top1_mi.png"]
+    except ImportError:
+        assert "pip install matplotlib to write pictures" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split=test"], "split='test' must be train or val"),
+    (["--tokens=0"], "tokens=0 must be at least 1"),
+    (["--ckpts=a/x,b/x"], "must name one or more checkpoint folders with different names"),
+    (["--ckpts=nowhere"], "no checkpoint at nowhere/ckpt.pt"),
+])
+def test_analyze_bad_input_is_one_line_error(args, message):
+    result = run("analyze.py", *args)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_analyze_refuses_a_dense_model(tiny_data, tmp_path):
+    tiny_checkpoint(tmp_path, tiny_data, n_experts=0)
+    result = run("analyze.py", f"--ckpts={tmp_path}")
+    assert result.returncode != 0 and "is a dense model (n_experts=0): it routes nothing" in result.stderr
