@@ -114,10 +114,9 @@ def analyze(model, windows, batch_size):
     """Every number of the report for one model, as plain python values (JSON-ready)."""
     c = model.config
     probs, topk_idx, lm_loss, state = route(model, windows, batch_size)
-    entropy_hist = []
-    for p in probs:
-        counts = torch.histc(gate_entropy(p), bins=ENTROPY_BINS, min=0, max=math.log(c.n_experts))
-        entropy_hist.append((counts / counts.sum()).tolist())
+    entropy = [gate_entropy(p) for p in probs]  # (N,) per layer
+    entropy_hist = [torch.histc(h, bins=ENTROPY_BINS, min=0, max=math.log(c.n_experts)) / len(h) for h in entropy]
+    quartiles = torch.tensor([0.25, 0.5, 0.75], device=windows.device)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         fresh = MoE(c)  # the model's own init, for the similarity's scale
@@ -127,8 +126,8 @@ def analyze(model, windows, batch_size):
         "tokens": len(probs[0]),
         "lm_loss": lm_loss,
         "layers": [routing_summary(p, t) for p, t in zip(probs, topk_idx)],
-        "entropy_quartiles": [p_quartiles(gate_entropy(p)) for p in probs],
-        "entropy_hist": entropy_hist,
+        "entropy_quartiles": [torch.quantile(h, quartiles).tolist() for h in entropy],
+        "entropy_hist": [h.tolist() for h in entropy_hist],
         "gate_mi": gate_mutual_info(probs).tolist(),
         "gate_mi_shuffled": gate_mutual_info(shuffle_tokens(probs)).tolist(),
         "top1_mi_bits": choice_mutual_info(topk_idx, c.n_experts).tolist(),
@@ -144,10 +143,6 @@ def shuffle_tokens(probs):
     a cross-layer measure still reports then is its baseline."""
     generator = torch.Generator().manual_seed(0)
     return [p[torch.randperm(len(p), generator=generator).to(p.device)] for p in probs]
-
-
-def p_quartiles(x):
-    return torch.quantile(x, torch.tensor([0.25, 0.5, 0.75], device=x.device)).tolist()
 
 
 def route(model, windows, batch_size):
