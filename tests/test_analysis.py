@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+import analyze
 import sample
-from analyze import expert_similarity
 from checkpoint import save_checkpoint
-from conftest import run
 from model import GPT, GPTConfig
 from router import (choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
                     routing_summary)
@@ -119,13 +118,13 @@ def test_expert_similarity_is_3_for_identical_experts_and_3_over_e_for_orthogona
     E, C, H = 4, 6, 5
     torch.manual_seed(0)
     one = [torch.randn(C, H), torch.randn(C, H), torch.randn(H, C)]
-    assert expert_similarity(*(w.expand(E, *w.shape) for w in one)) == pytest.approx(3.0)
+    assert analyze.expert_similarity(*(w.expand(E, *w.shape) for w in one)) == pytest.approx(3.0)
     # expert e's matrices average, over the FFN dim H, to the unit vector e: orthogonal experts.
     # Averaging over C instead would make all experts alike, so this also checks which dim is H.
     w1, w3, w2 = torch.zeros(E, C, H), torch.zeros(E, C, H), torch.zeros(E, H, C)
     for e in range(E):
         w1[e, e, :] = w3[e, e, :] = w2[e, :, e] = 1.0
-    assert expert_similarity(w1, w3, w2) == pytest.approx(3 / E)
+    assert analyze.expert_similarity(w1, w3, w2) == pytest.approx(3 / E)
 
 
 def tiny_checkpoint(folder, data, **overrides):
@@ -166,34 +165,35 @@ def grid_rows(stdout, n_layers):
     return rows
 
 
-def test_trace_lists_each_tokens_experts_in_each_layer(tiny_data, tmp_path):
+def sample_main(capsys, *args):
+    """sample.py's output, run in this process (a subprocess would spend its time importing torch)."""
+    sample.main(["--num_samples=1", "--device=cpu", "--trace=True", *args])
+    return capsys.readouterr().out
+
+
+def test_trace_lists_each_tokens_experts_in_each_layer(tiny_data, tmp_path, capsys):
     model, vocab = tiny_checkpoint(tmp_path, tiny_data)
     prompt = "KING:\nthe king"
-    result = run("sample.py", f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0",
-                 "--num_samples=1", "--trace=True", "--device=cpu")
-    assert result.returncode == 0, result.stderr
-    assert "\x1b" not in result.stdout  # not a terminal: plain text
+    out = sample_main(capsys, f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0")
+    assert "\x1b" not in out  # not a terminal: plain text
     expected = experts_of(model, vocab, prompt)
-    rows = grid_rows(result.stdout, 3)
+    rows = grid_rows(out, 3)
     assert [pos for pos, _ in rows] == list(range(len(prompt)))
     assert [[int(c) for c in cells] for _, cells in rows] == [[e[0] for e in layers] for layers in expected]
 
-    topk = run("sample.py", f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0",
-               "--num_samples=1", "--trace=True", "--trace_topk=True", "--device=cpu")
-    rows = grid_rows(topk.stdout, 3)
+    out = sample_main(capsys, f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0", "--trace_topk=True")
+    rows = grid_rows(out, 3)
     assert [[[int(i) for i in c.split("/")] for c in cells] for _, cells in rows] == expected  # k = 2 ids each
 
 
-def test_trace_of_a_text_longer_than_block_size_covers_the_last_window(tiny_data, tmp_path):
+def test_trace_of_a_text_longer_than_block_size_covers_the_last_window(tiny_data, tmp_path, capsys):
     model, vocab = tiny_checkpoint(tmp_path, tiny_data)
     prompt = "KING:\nthe king my lord love"  # 27 tokens, then 20 more: 47, of which the last 32 are traced
-    result = run("sample.py", f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=20",
-                 "--num_samples=1", "--trace=True", "--device=cpu")
-    assert result.returncode == 0, result.stderr
-    text = result.stdout.split("\nrouting of")[0]
+    out = sample_main(capsys, f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=20")
+    text = out.split("\nrouting of")[0]
     assert text.startswith(prompt) and len(text) == 47
-    assert "routing of the last 32 of 47 tokens (block_size 32)" in result.stdout
-    rows = grid_rows(result.stdout, 3)
+    assert "routing of the last 32 of 47 tokens (block_size 32)" in out
+    rows = grid_rows(out, 3)
     assert [pos for pos, _ in rows] == list(range(15, 47))
     assert [[int(c) for c in cells] for _, cells in rows] == [[e[0] for e in layers]
                                                               for layers in experts_of(model, vocab, text[-32:])]
@@ -213,23 +213,23 @@ def test_trace_colours_the_text_by_one_layers_top1_expert(tiny_data, tmp_path):
     assert first_line.endswith("\u21b5\x1b[0m") and second_line.startswith("\x1b[30;48;5;")
 
 
-def test_trace_refuses_a_dense_model_and_a_missing_layer(tiny_data, tmp_path):
+def test_trace_refuses_a_dense_model_and_a_missing_layer(tiny_data, tmp_path, capsys):
     tiny_checkpoint(tmp_path / "moe", tiny_data)
-    bad_layer = run("sample.py", f"--out_dir={tmp_path / 'moe'}", "--trace=True", "--trace_layer=3")
-    assert bad_layer.returncode != 0 and "trace_layer=3 must be between 0 and 2" in bad_layer.stderr
+    with pytest.raises(SystemExit, match="^error: trace_layer=3 must be between 0 and 2, a layer of the model$"):
+        sample_main(capsys, f"--out_dir={tmp_path / 'moe'}", "--trace_layer=3")
     tiny_checkpoint(tmp_path / "dense", tiny_data, n_experts=0)
-    dense = run("sample.py", f"--out_dir={tmp_path / 'dense'}", "--trace=True")
-    assert dense.returncode != 0 and "dense model (n_experts=0)" in dense.stderr
+    with pytest.raises(SystemExit, match=r"dense model \(n_experts=0\): there is no routing to trace$"):
+        sample_main(capsys, f"--out_dir={tmp_path / 'dense'}")
 
 
-def test_analyze_shows_models_side_by_side(tiny_data, tmp_path):
+def test_analyze_shows_models_side_by_side(tiny_data, tmp_path, capsys):
     for name, overrides in [("gru", {}), ("linear", {"router": "linear"}), ("np", {"router_passing": "none"})]:
         tiny_checkpoint(tmp_path / name, tiny_data, **overrides)
     out = tmp_path / "routing.json"
-    result = run("analyze.py", f"--ckpts={tmp_path / 'gru'},{tmp_path / 'linear'},{tmp_path / 'np'}",
-                 "--tokens=250", f"--json={out}", f"--plots={tmp_path / 'plots'}", "--device=cpu")
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"^ +gru +linear +np$", result.stdout, re.M)
+    analyze.main([f"--ckpts={tmp_path / 'gru'},{tmp_path / 'linear'},{tmp_path / 'np'}", "--tokens=250",
+                  f"--json={out}", f"--plots={tmp_path / 'plots'}", "--device=cpu"])
+    stdout = capsys.readouterr().out
+    assert re.search(r"^ +gru +linear +np$", stdout, re.M)
     models = json.loads(out.read_text())["models"]
     for m in models.values():
         assert m["tokens"] == 256  # rounded up to 8 whole windows of 32
@@ -246,7 +246,7 @@ def test_analyze_shows_models_side_by_side(tiny_data, tmp_path):
         assert sorted(os.listdir(tmp_path / "plots")) == ["expert_load.png", "gate_entropy.png", "gate_mi.png",
                                                           "top1_mi.png"]
     except ImportError:
-        assert "pip install matplotlib to write pictures" in result.stdout
+        assert "pip install matplotlib to write pictures" in stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -256,12 +256,11 @@ def test_analyze_shows_models_side_by_side(tiny_data, tmp_path):
     (["--ckpts=nowhere"], "no checkpoint at nowhere/ckpt.pt"),
 ])
 def test_analyze_bad_input_is_one_line_error(args, message):
-    result = run("analyze.py", *args)
-    assert result.returncode != 0 and message in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit, match=f"^error: .*{re.escape(message)}[^\n]*$"):
+        analyze.main(args)
 
 
 def test_analyze_refuses_a_dense_model(tiny_data, tmp_path):
     tiny_checkpoint(tmp_path, tiny_data, n_experts=0)
-    result = run("analyze.py", f"--ckpts={tmp_path}")
-    assert result.returncode != 0 and "is a dense model (n_experts=0): it routes nothing" in result.stderr
+    with pytest.raises(SystemExit, match=r"is a dense model \(n_experts=0\): it routes nothing"):
+        analyze.main([f"--ckpts={tmp_path}"])
