@@ -4,10 +4,18 @@ Generate text from a trained checkpoint.
     python sample.py --out_dir=out-rmoe-small
     python sample.py --out_dir=out-rmoe-small --start="ROMEO:" --num_samples=3 --max_new_tokens=300
     python sample.py --out_dir=out-rmoe-small --start=FILE:prompt.txt --temperature=0
+    python sample.py --out_dir=out-rmoe-small --start="ROMEO:" --max_new_tokens=0 --num_samples=1 --trace=True
 
 The model and its character vocabulary come from out_dir/ckpt.pt; a checkpoint
 without one uses GPT-2 BPE (tiktoken). A prompt longer than the model's
 block_size is fine: the model sees only its last block_size tokens.
+
+--trace=True shows after each sample which experts every token went to in every
+MoE layer: a grid of one row per token and one column per layer, with the top-1
+expert id (all top_k ids with --trace_topk=True), then, in a terminal, the text
+coloured by the top-1 expert of layer --trace_layer. The routing comes from one
+forward pass over the last block_size tokens of the text (the prompt alone with
+--max_new_tokens=0), the window the model would read next.
 """
 
 import sys
@@ -26,6 +34,9 @@ DEFAULTS = {
     "top_k": 200,  # sample only among the k likeliest tokens
     "seed": 1337,
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
+    "trace": False,  # show which experts each token went to in each MoE layer
+    "trace_layer": 0,  # in a terminal, colour the text by this layer's top-1 expert
+    "trace_topk": False,  # show all top_k experts of each token, not only the first
 }
 
 
@@ -52,6 +63,11 @@ def main(argv):
         fail(e)
     model.eval().to(device)
     encode, decode = tokenizer(ckpt.get("vocab"))
+    if cfg["trace"] and not model.config.is_moe:
+        fail(f"{ckpt_path} is a dense model (n_experts=0): there is no routing to trace")
+    if cfg["trace"] and not 0 <= cfg["trace_layer"] < model.config.n_layer:
+        fail(f"trace_layer={cfg['trace_layer']} must be between 0 and {model.config.n_layer - 1}, "
+             f"a layer of the model")
 
     start = cfg["start"]
     if start.startswith("FILE:"):
@@ -70,7 +86,44 @@ def main(argv):
         for _ in range(cfg["num_samples"]):
             out = model.generate(prompt, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"])
             print(decode(out[0].tolist()))
+            if cfg["trace"]:  # colours only for a terminal, plain text into files and pipes
+                colour_layer = cfg["trace_layer"] if sys.stdout.isatty() else None
+                print(routing_trace(model, out[0].tolist(), decode, cfg["trace_topk"], colour_layer))
             print("---------------")
+
+
+# background colours (xterm 256-colour codes) for experts 0, 1, ...; black text stays readable on all
+EXPERT_COLOURS = [196, 46, 33, 226, 201, 51, 208, 141, 118, 247, 214, 39, 210, 157, 228, 183]
+
+
+@torch.no_grad()
+def routing_trace(model, ids, decode, topk, colour_layer=None):
+    """Which experts each token of ids went to: a token x layer grid of expert ids (the top-1,
+    or all top_k joined by '/'), then, given colour_layer, the text with each token on the
+    colour of its top-1 expert in that layer. One forward pass over the last block_size tokens."""
+    window = ids[-model.config.block_size:]
+    _, _, aux = model(torch.tensor([window], device=next(model.parameters()).device))
+    experts = torch.stack([r.topk_idx for r in aux["routing"]], dim=1).tolist()  # (T, L, k) best first
+    offset = len(ids) - len(window)  # tokens before the last window are not traced
+    tokens = [repr(decode([i])) for i in window]
+    cells = [["/".join(map(str, e if topk else e[:1])) for e in layers] for layers in experts]
+    tw, cw = max(5, *map(len, tokens)), max(len(c) for row in cells for c in row) + 2
+    lines = [f"routing of the last {len(window)} of {len(ids)} tokens (block_size {model.config.block_size})"
+             if offset else f"routing of the {len(ids)} tokens",
+             f"{'pos':>5}  {'token':<{tw}}" + "".join(f"{f'L{i}':>{cw}}" for i in range(len(cells[0])))]
+    for pos, (token, row) in enumerate(zip(tokens, cells), start=offset):
+        lines.append(f"{pos:>5}  {token:<{tw}}" + "".join(f"{c:>{cw}}" for c in row))
+    if colour_layer is not None:
+
+        def paint(text, expert):  # a newline cannot be coloured: paint a mark, end the colour, then break
+            colour = EXPERT_COLOURS[expert % len(EXPERT_COLOURS)]
+            parts = text.replace("\n", "\u21b5\n").split("\n")
+            return "\n".join(f"\x1b[30;48;5;{colour}m{part}\x1b[0m" if part else "" for part in parts)
+
+        legend = " ".join(paint(f" {e} ", e) for e in range(model.config.n_experts))
+        lines.append(f"layer {colour_layer}, top-1 expert: {legend}")
+        lines.append("".join(paint(decode([i]), e[colour_layer][0]) for i, e in zip(window, experts)))
+    return "\n".join(lines)
 
 
 def tokenizer(vocab):

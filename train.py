@@ -254,7 +254,8 @@ def main(argv):
                 for i, s in enumerate(per_layer):
                     print(f"  layer {i}: max expert share {s['max_share']:.3f} (even: "
                           f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
-                          f"of {math.log(raw_model.config.n_experts):.3f} nats")
+                          f"of {math.log(raw_model.config.n_experts):.3f} nats, inner / outer balance "
+                          f"{s['inner_balance']:.2f} / {s['outer_balance']:.2f}")
                 if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
                     save_checkpoint({
