@@ -224,7 +224,7 @@ def routing_summary(probs, topk_idx):
     outer_balance median over tokens of the score mass on the chosen k (Tab. 8; 1 = nothing left out)
     """
     n_experts = probs.shape[-1]
-    load = torch.bincount(topk_idx.flatten(), minlength=n_experts).float()
+    load = slots_per_expert(topk_idx, n_experts).float()
     load = load / load.sum()  # (E,)
     top2 = probs.topk(min(2, n_experts), dim=-1).values  # (N, 2)
     return {
