@@ -124,6 +124,9 @@ def main(argv):
     ddp = "RANK" in os.environ  # set by torchrun
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        if cfg.gradient_accumulation_steps % world_size:  # before the processes start waiting for each other
+            fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by the "
+                 f"{world_size} processes; make it a multiple of {world_size}")
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -133,9 +136,6 @@ def main(argv):
     else:
         rank, world_size = 0, 1
     master = rank == 0
-    if cfg.gradient_accumulation_steps % world_size:
-        fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by the "
-             f"{world_size} processes; make it a multiple of {world_size}")
     micro_steps = cfg.gradient_accumulation_steps // world_size  # this process's share
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = cfg.dtype
@@ -158,7 +158,7 @@ def main(argv):
     data_dir, vocab = load_dataset(cfg.dataset, master, ddp)
     block_size = model_settings["block_size"]
     for split in ("train", "val"):
-        n = len(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r"))
+        n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2  # uint16 tokens
         if n <= block_size:
             fail(f"{split}.bin of {data_dir} has {n} tokens, not more than block_size={block_size}; "
                  f"lower block_size or use more text")
@@ -238,6 +238,17 @@ def main(argv):
         progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
         return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
+    def save(rng):
+        """Write out_dir/ckpt.pt at iter_num; a failed write is a one-line error."""
+        try:
+            save_checkpoint({
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model_config": asdict(raw_model.config), "train_config": asdict(cfg),
+                "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+            }, ckpt_path)
+        except ValueError as e:
+            fail(e)
+
     # ---- the loop
     t0, timed_steps = time.time(), 0
     while True:
@@ -256,11 +267,7 @@ def main(argv):
                           f"of {math.log(raw_model.config.n_experts):.3f} nats")
                 if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
-                    save_checkpoint({
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "model_config": asdict(raw_model.config), "train_config": asdict(cfg),
-                        "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
-                    }, ckpt_path)
+                    save(rng)
                     print(f"  saved {ckpt_path}")
             t0, timed_steps = time.time(), 0  # evaluation time is not step time
         if iter_num >= cfg.max_iters:
@@ -359,17 +366,34 @@ def load_dataset(name, master, ddp):
         hint = (f"{prepare} did not finish (see above)" if os.path.exists(prepare) else
                 "prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
         fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; {hint}")
+    vocab = None
     meta_path = os.path.join(data_dir, "meta.pkl")
-    if not os.path.exists(meta_path):
-        return data_dir, None
-    with open(meta_path, "rb") as f:
-        meta = pickle.load(f)
-    vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
-    train = np.memmap(train_bin, dtype=np.uint16, mode="r")
-    if int(train.max()) >= len(vocab):
-        fail(f"train.bin of {data_dir} has token ids beyond meta.pkl's {len(vocab)} characters; "
-             f"the files come from different runs: run its prepare.py again")
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path, "rb") as f:
+                meta = PlainUnpickler(f).load()
+            vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
+        except Exception as e:
+            fail(f"cannot read {meta_path} ({type(e).__name__}: {e}); it is not the vocabulary a prepare.py "
+                 f"writes: run its prepare.py again")
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        size = os.path.getsize(path)
+        if size == 0 or size % 2:
+            fail(f"{split}.bin of {data_dir} is truncated ({size} bytes, not a positive multiple of the "
+                 f"2 bytes of a uint16 token id); run its prepare.py again")
+        if vocab and int(np.memmap(path, dtype=np.uint16, mode="r").max()) >= len(vocab):
+            fail(f"{split}.bin of {data_dir} has token ids beyond meta.pkl's {len(vocab)} characters; "
+                 f"the files come from different runs: run its prepare.py again")
     return data_dir, vocab
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """meta.pkl is nanoGPT's pickle; this reads its dicts, ints and strings but refuses any class or
+    function, so a crafted file cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, and only plain values are allowed")
 
 
 if __name__ == "__main__":
