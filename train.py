@@ -12,12 +12,17 @@ settings cannot change; others given explicitly, such as max_iters, win):
 
 Settings: the TrainConfig below and the model's GPTConfig (model.py), set by
 config files (python, run as code) and --key=value overrides; --help lists them.
+
+Ctrl-C finishes the current step, saves out_dir/ckpt.pt at it and exits with
+code 130; --init_from=resume continues exactly. A non-finite loss stops the run
+without saving, so ckpt.pt keeps the last good state.
 """
 
 import hashlib
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -238,8 +243,13 @@ def main(argv):
         progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
         return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
+    def stop_nonfinite(what):
+        kept = f"{ckpt_path} keeps the last good state" if os.path.exists(ckpt_path) else "nothing was saved"
+        fail(f"{what} at step {iter_num}; training stopped and {kept}; lower --learning_rate or raise "
+             f"--warmup_iters, then resume or start again")
+
     def save(rng):
-        """Write out_dir/ckpt.pt at iter_num; a failed write is a one-line error."""
+        """Write out_dir/ckpt.pt at iter_num (only ever after a finite loss); a failed write is a one-line error."""
         try:
             save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -250,6 +260,8 @@ def main(argv):
             fail(e)
 
     # ---- the loop
+    interrupted = []  # Ctrl-C appends here; the loop finishes its step, saves and exits
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     t0, timed_steps = time.time(), 0
     while True:
         lr = learning_rate(iter_num)
@@ -261,6 +273,8 @@ def main(argv):
             if master:
                 losses, per_layer = evaluate()
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if not math.isfinite(losses["train"] + losses["val"]):  # finite but diverged weights show here
+                    stop_nonfinite(f"the evaluation loss is {losses['train'] + losses['val']}")
                 for i, s in enumerate(per_layer):
                     print(f"  layer {i}: max expert share {s['max_share']:.3f} (even: "
                           f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
@@ -273,6 +287,7 @@ def main(argv):
         if iter_num >= cfg.max_iters:
             break
 
+        step_loss = torch.zeros((), device=device)  # summed over micro-steps, checked once per step
         for micro in range(micro_steps):
             if ddp:
                 model.require_backward_grad_sync = micro == micro_steps - 1  # all-reduce once, on the last
@@ -281,12 +296,31 @@ def main(argv):
             with autocast:
                 _, loss, aux = model(x, y)
             (loss / micro_steps).backward()
+            step_loss += loss.detach()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
         timed_steps += 1
+
+        # one host sync per step: a non-finite loss or a Ctrl-C in any process stops them all at this step
+        stop = torch.stack([step_loss, torch.tensor(float(len(interrupted)), device=device)])
+        if ddp:
+            dist.all_reduce(stop)  # a sum: NaN or inf from any process stays non-finite
+        loss_sum, interrupts = stop.tolist()
+        if not math.isfinite(loss_sum):
+            stop_nonfinite(f"loss is {loss_sum}")
+        if interrupts:
+            rng = gather_rng_states(ddp, world_size, device_type)
+            if master:
+                save(rng)
+                print(f"interrupted: saved {ckpt_path} at step {iter_num} (an interrupt checkpoint, whatever "
+                      f"its val loss); continue it with --init_from=resume")
+            if ddp:
+                dist.barrier()  # the others wait for the master's write, so torchrun kills no one mid-save
+                dist.destroy_process_group()
+            sys.exit(130)  # the shell's code for a run stopped by Ctrl-C
 
         if iter_num % cfg.log_interval == 0 and master:
             if device_type == "cuda":
