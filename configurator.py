@@ -67,7 +67,7 @@ def _read_config_file(path):
     try:
         exec(compile(source, path, "exec"), {}, names)
     except Exception as e:
-        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}; fix that file") from None
     # names starting with _, imported modules, functions and classes are helpers, not settings
     return {k: v for k, v in names.items()
             if not k.startswith("_") and not isinstance(v, type(sys)) and not callable(v)}

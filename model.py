@@ -61,7 +61,7 @@ class GPTConfig:
             raise ValueError(f"n_experts={self.n_experts} must be 0 (dense MLP) or more")
         if self.n_experts and not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}; "
-                             f"lower top_k or raise n_experts")
+                             f"pick a top_k in that range")
         if self.router not in ROUTERS:
             raise ValueError(f"router={self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.router_passing not in ROUTER_PASSING:

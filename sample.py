@@ -75,7 +75,7 @@ def main(argv):
             with open(start[5:], encoding="utf-8") as f:
                 start = f.read()
         except (OSError, UnicodeDecodeError) as e:
-            fail(f"cannot read the prompt file {start[5:]}: {e}")
+            fail(f"cannot read the prompt file {start[5:]} ({e}); check the path and that it is UTF-8 text")
     prompt = torch.tensor([encode(start)], dtype=torch.long, device=device)
     if prompt.numel() == 0:
         fail("the prompt is empty; give at least one character with --start")

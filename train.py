@@ -12,12 +12,17 @@ settings cannot change; others given explicitly, such as max_iters, win):
 
 Settings: the TrainConfig below and the model's GPTConfig (model.py), set by
 config files (python, run as code) and --key=value overrides; --help lists them.
+
+Ctrl-C finishes the current step, saves out_dir/ckpt.pt at it and exits with
+code 130; --init_from=resume continues exactly. A non-finite loss stops the run
+without saving, so ckpt.pt keeps the last good state.
 """
 
 import hashlib
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +129,9 @@ def main(argv):
     ddp = "RANK" in os.environ  # set by torchrun
     if ddp:
         rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        if cfg.gradient_accumulation_steps % world_size:  # before the processes start waiting for each other
+            fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by the "
+                 f"{world_size} processes; make it a multiple of {world_size}")
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
@@ -133,9 +141,6 @@ def main(argv):
     else:
         rank, world_size = 0, 1
     master = rank == 0
-    if cfg.gradient_accumulation_steps % world_size:
-        fail(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by the "
-             f"{world_size} processes; make it a multiple of {world_size}")
     micro_steps = cfg.gradient_accumulation_steps // world_size  # this process's share
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = cfg.dtype
@@ -158,7 +163,7 @@ def main(argv):
     data_dir, vocab = load_dataset(cfg.dataset, master, ddp)
     block_size = model_settings["block_size"]
     for split in ("train", "val"):
-        n = len(np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r"))
+        n = os.path.getsize(os.path.join(data_dir, f"{split}.bin")) // 2  # uint16 tokens
         if n <= block_size:
             fail(f"{split}.bin of {data_dir} has {n} tokens, not more than block_size={block_size}; "
                  f"lower block_size or use more text")
@@ -239,7 +244,25 @@ def main(argv):
         progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
         return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
+    def stop_nonfinite(what):
+        kept = f"{ckpt_path} keeps the last good state" if os.path.exists(ckpt_path) else "nothing was saved"
+        fail(f"{what} at step {iter_num}; training stopped and {kept}; lower --learning_rate or raise "
+             f"--warmup_iters, then resume or start again")
+
+    def save(rng):
+        """Write out_dir/ckpt.pt at iter_num (only ever after a finite loss); a failed write is a one-line error."""
+        try:
+            save_checkpoint({
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model_config": asdict(raw_model.config), "train_config": asdict(cfg),
+                "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+            }, ckpt_path)
+        except ValueError as e:
+            fail(e)
+
     # ---- the loop
+    interrupted = []  # Ctrl-C appends here; the loop finishes its step, saves and exits
+    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     t0, timed_steps = time.time(), 0
     while True:
         lr = learning_rate(iter_num)
@@ -251,6 +274,8 @@ def main(argv):
             if master:
                 losses, per_layer = evaluate()
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                if not math.isfinite(losses["train"] + losses["val"]):  # finite but diverged weights show here
+                    stop_nonfinite(f"the evaluation loss is {losses['train'] + losses['val']}")
                 for i, s in enumerate(per_layer):
                     print(f"  layer {i}: max expert share {s['max_share']:.3f} (even: "
                           f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
@@ -258,16 +283,13 @@ def main(argv):
                           f"{s['inner_balance']:.2f} / {s['outer_balance']:.2f}")
                 if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
                     best_val_loss = min(best_val_loss, losses["val"])
-                    save_checkpoint({
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "model_config": asdict(raw_model.config), "train_config": asdict(cfg),
-                        "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
-                    }, ckpt_path)
+                    save(rng)
                     print(f"  saved {ckpt_path}")
             t0, timed_steps = time.time(), 0  # evaluation time is not step time
         if iter_num >= cfg.max_iters:
             break
 
+        step_loss = torch.zeros((), device=device)  # summed over micro-steps, checked once per step
         for micro in range(micro_steps):
             if ddp:
                 model.require_backward_grad_sync = micro == micro_steps - 1  # all-reduce once, on the last
@@ -276,12 +298,31 @@ def main(argv):
             with autocast:
                 _, loss, aux = model(x, y)
             (loss / micro_steps).backward()
+            step_loss += loss.detach()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         iter_num += 1
         timed_steps += 1
+
+        # one host sync per step: a non-finite loss or a Ctrl-C in any process stops them all at this step
+        stop = torch.stack([step_loss, torch.tensor(float(len(interrupted)), device=device)])
+        if ddp:
+            dist.all_reduce(stop)  # a sum: NaN or inf from any process stays non-finite
+        loss_sum, interrupts = stop.tolist()
+        if not math.isfinite(loss_sum):
+            stop_nonfinite(f"loss is {loss_sum}")
+        if interrupts:
+            rng = gather_rng_states(ddp, world_size, device_type)
+            if master:
+                save(rng)
+                print(f"interrupted: saved {ckpt_path} at step {iter_num} (an interrupt checkpoint, whatever "
+                      f"its val loss); continue it with --init_from=resume")
+            if ddp:
+                dist.barrier()  # the others wait for the master's write, so torchrun kills no one mid-save
+                dist.destroy_process_group()
+            sys.exit(130)  # the shell's code for a run stopped by Ctrl-C
 
         if iter_num % cfg.log_interval == 0 and master:
             if device_type == "cuda":
@@ -361,17 +402,34 @@ def load_dataset(name, master, ddp):
         hint = (f"{prepare} did not finish (see above)" if os.path.exists(prepare) else
                 "prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
         fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; {hint}")
+    vocab = None
     meta_path = os.path.join(data_dir, "meta.pkl")
-    if not os.path.exists(meta_path):
-        return data_dir, None
-    with open(meta_path, "rb") as f:
-        meta = pickle.load(f)
-    vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
-    train = np.memmap(train_bin, dtype=np.uint16, mode="r")
-    if int(train.max()) >= len(vocab):
-        fail(f"train.bin of {data_dir} has token ids beyond meta.pkl's {len(vocab)} characters; "
-             f"the files come from different runs: run its prepare.py again")
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path, "rb") as f:
+                meta = PlainUnpickler(f).load()
+            vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
+        except Exception as e:
+            fail(f"cannot read {meta_path} ({type(e).__name__}: {e}); it is not the vocabulary a prepare.py "
+                 f"writes: run its prepare.py again")
+    for split in ("train", "val"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        size = os.path.getsize(path)
+        if size == 0 or size % 2:
+            fail(f"{split}.bin of {data_dir} is truncated ({size} bytes, not a positive multiple of the "
+                 f"2 bytes of a uint16 token id); run its prepare.py again")
+        if vocab and int(np.memmap(path, dtype=np.uint16, mode="r").max()) >= len(vocab):
+            fail(f"{split}.bin of {data_dir} has token ids beyond meta.pkl's {len(vocab)} characters; "
+                 f"the files come from different runs: run its prepare.py again")
     return data_dir, vocab
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """meta.pkl is nanoGPT's pickle; this reads its dicts, ints and strings but refuses any class or
+    function, so a crafted file cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, and only plain values are allowed")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,33 @@ def tiny_data(tmp_path_factory):
     return str(folder)
 
 
-def run(script, *args, env=None):
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data, tmp_path_factory):
+    """A folder with the ckpt.pt of 2 steps of a TINY model on tiny_data; copy it before changing it."""
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    train(tiny_data, out, "--max_iters=2", "--eval_interval=2")
+    return str(out)
+
+
+def run(script, *args, env=None, **popen):
     """Run a top-level script (or `-m module`) from the repository root; returns the CompletedProcess."""
     cmd = [sys.executable] + (list(script) if isinstance(script, (list, tuple)) else [script]) + list(args)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
+
+
+def train(data, out_dir, *args):
+    """train.py on a TINY model, which must succeed; returns the CompletedProcess."""
+    result = run("train.py", f"--dataset={data}", f"--out_dir={out_dir}", *TINY, *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def assert_one_line_error(result, *fragments):
+    """Bad input as a user should see it: exit code 1 and a single "error: ..." line on stderr
+    (so no traceback) holding every fragment."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

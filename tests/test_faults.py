@@ -1,0 +1,131 @@
+"""Faults during training lose nothing: a kill inside the checkpoint writer, Ctrl-C, a
+non-finite loss, a failed write, and resuming after any of them continues bit-exactly."""
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint
+from conftest import REPO, TINY, assert_one_line_error, run, train
+
+RESUME = ["--init_from=resume", "--max_iters=6", "--eval_interval=1", "--always_save_checkpoint=True"]
+
+
+def start(script, *args):
+    """Start a top-level script with unbuffered output, so its lines can be read as they come."""
+    return subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_line(proc, prefix):
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"no line starting {prefix!r}; stderr: {proc.stderr.read()}")
+
+
+def assert_same_training_state(a, b):
+    """Model, optimizer and RNG state of two checkpoints are bit-identical."""
+    assert a["iter_num"] == b["iter_num"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, state in a["optimizer"]["state"].items():
+        for name, tensor in state.items():  # step, exp_avg, exp_avg_sq
+            assert torch.equal(tensor, b["optimizer"]["state"][key][name]), (key, name)
+    assert torch.equal(a["rng"][0]["cpu"], b["rng"][0]["cpu"])
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint, tmp_path):
+    """A copy of the 2-step tiny checkpoint's folder, and the checkpoint's bytes."""
+    shutil.copytree(tiny_checkpoint, tmp_path, dirs_exist_ok=True)
+    return tmp_path, (tmp_path / "ckpt.pt").read_bytes()
+
+
+def test_resume_continues_bit_exactly(tiny_data, tmp_path):
+    common = ["--dropout=0.1", "--eval_interval=4", "--always_save_checkpoint=True", "--lr_decay_iters=8",
+              "--warmup_iters=2"]
+    train(tiny_data, tmp_path / "straight", "--max_iters=8", *common)
+    train(tiny_data, tmp_path / "halves", "--max_iters=4", *common)
+    result = train(tiny_data, tmp_path / "halves", "--max_iters=8", "--init_from=resume", *common)
+    assert "from step 4 to 8" in result.stdout
+    a = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))
+    b = load_checkpoint(str(tmp_path / "halves" / "ckpt.pt"))
+    assert a["iter_num"] == 8
+    assert_same_training_state(a, b)
+
+
+def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tiny_data, tmp_path):
+    common = ["--dropout=0.1", "--eval_interval=4", "--always_save_checkpoint=True", "--lr_decay_iters=20",
+              "--warmup_iters=2"]
+    proc = start("train.py", f"--dataset={tiny_data}", f"--out_dir={tmp_path / 'cut'}", *TINY, *common,
+                 "--max_iters=1000")
+    wait_for_line(proc, "iter 3:")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err == ""  # no traceback, no error
+    step = load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))["iter_num"]
+    assert 3 <= step < 1000  # the step it was in when the signal came, not the last evaluation
+    assert f"interrupted: saved {tmp_path / 'cut' / 'ckpt.pt'} at step {step}" in out
+    # resumed to 3 steps later, it is exactly the run that was never interrupted
+    run_to = f"--max_iters={step + 3}"
+    resumed = run("train.py", f"--out_dir={tmp_path / 'cut'}", "--init_from=resume", run_to)
+    assert resumed.returncode == 0, resumed.stderr
+    train(tiny_data, tmp_path / "straight", *common, run_to)
+    assert_same_training_state(load_checkpoint(str(tmp_path / "straight" / "ckpt.pt")),
+                               load_checkpoint(str(tmp_path / "cut" / "ckpt.pt")))
+
+
+def test_kill_inside_the_writer_keeps_the_previous_checkpoint(checkpoint_copy):
+    folder, before = checkpoint_copy
+    proc = start("tests/pause_in_writer.py", f"--out_dir={folder}", *RESUME)
+    wait_for_line(proc, "inside the checkpoint writer")
+    assert (folder / "ckpt.pt.tmp").exists()  # the new checkpoint is on disk, not yet renamed
+    proc.kill()
+    proc.communicate()
+    assert (folder / "ckpt.pt").read_bytes() == before
+    assert load_checkpoint(str(folder / "ckpt.pt"))["iter_num"] == 2
+    # the next run writes over the stale temporary file and finishes
+    resumed = run("train.py", f"--out_dir={folder}", *RESUME)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(str(folder / "ckpt.pt"))["iter_num"] == 6
+    assert sorted(os.listdir(folder)) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("eval_interval, message", [
+    (100, "loss is nan at step 4"),  # a training step's loss
+    (3, "the evaluation loss is nan at step 3"),  # step 3's loss was finite, its update was not
+])
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(checkpoint_copy, eval_interval, message):
+    folder, before = checkpoint_copy
+    # a huge learning rate blows the weights up within two steps; every evaluation would save
+    result = run("train.py", f"--out_dir={folder}", "--init_from=resume", "--max_iters=50",
+                 "--learning_rate=1e30", "--warmup_iters=0", f"--eval_interval={eval_interval}",
+                 "--always_save_checkpoint=True")
+    assert_one_line_error(result, message, "keeps the last good state", "lower --learning_rate")
+    assert (folder / "ckpt.pt").read_bytes() == before
+    assert sorted(os.listdir(folder)) == ["ckpt.pt"]
+
+
+def limit_file_size():
+    """In the child: writes past 64 KiB fail with EFBIG, as a full disk fails them with ENOSPC."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_failed_write_keeps_the_old_checkpoint_and_says_so(checkpoint_copy):
+    folder, before = checkpoint_copy
+    result = run("train.py", f"--out_dir={folder}", *RESUME, preexec_fn=limit_file_size)
+    assert_one_line_error(result, f"cannot write checkpoint {folder / 'ckpt.pt'} (File too large)",
+                          f"the previous {folder / 'ckpt.pt'} is intact", "free disk space")
+    assert (folder / "ckpt.pt").read_bytes() == before
+    assert sorted(os.listdir(folder)) == ["ckpt.pt"]  # the temporary file is gone
