@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import ConfigError, fail, parse_args, pick_device
+from configurator import fail, script_settings
 from model import MoE
 from router import GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_summary
 from train import load_dataset
@@ -50,11 +50,7 @@ ENTROPY_BINS = 20  # histogram of gate entropy from 0 to ln E
 
 
 def main(argv):
-    try:
-        cfg, _ = parse_args(DEFAULTS, argv, __doc__)
-        device = pick_device(cfg["device"])
-    except ConfigError as e:
-        fail(e)
+    cfg, device = script_settings(DEFAULTS, argv, __doc__)
     if cfg["split"] not in ("train", "val"):
         fail(f"split={cfg['split']!r} must be train or val")
     for key in ("tokens", "batch_size"):

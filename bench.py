@@ -14,7 +14,7 @@ Rows:
   sample   generate() of sample_tokens tokens with and without the KV cache
   profile  where one RMoE training step's time goes, from the PyTorch profiler
 
-In each round A and B are timed back to back, so a busy moment slows both; a
+In each round A and B run once each, back to back, so a busy moment slows both; a
 ratio is the median over rounds of time(A) / time(B). MFU is against the
 matmul peak measured here, in the benchmark's dtype. --uniform=True sends
 token n to experts (n*k + j) mod E, j < k: every expert gets the same load,
@@ -30,7 +30,7 @@ import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
-from configurator import ConfigError, fail, parse_args, pick_device
+from configurator import ConfigError, fail, parse_args, script_settings
 from model import GPT, MLP, CausalSelfAttention, GPTConfig, MoE
 from router import LinearRouter, RecurrentRouter, RouterCore
 from train import MODEL_KEYS, default_settings
@@ -40,7 +40,7 @@ DEFAULTS = {
     "rows": "layer,step,sample,profile",
     "device": "auto",
     "dtype": "float32",  # float32 | bfloat16 (autocast, as train.py does)
-    "rounds": 7,  # timed rounds per ratio
+    "rounds": 20,  # timed rounds per ratio (a third of them for sampling, which is slow)
     "uniform": False,  # force an even expert load
     "compile": False,  # torch.compile the models of the step row
     "sample_tokens": 500,
@@ -51,9 +51,8 @@ ROWS = ("layer", "step", "sample", "profile")
 
 
 def main(argv):
+    cfg, device = script_settings(DEFAULTS, argv, __doc__)
     try:
-        cfg, _ = parse_args(DEFAULTS, argv, __doc__)
-        device = pick_device(cfg["device"])
         settings, _ = parse_args(default_settings(), [cfg["config"]], "")
     except ConfigError as e:
         fail(e)
@@ -107,7 +106,7 @@ class Bench:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def seconds(self, fn, n):
+    def seconds(self, fn, n=1):
         self.sync()
         t0 = time.perf_counter()
         for _ in range(n):
@@ -115,10 +114,10 @@ class Bench:
         self.sync()
         return (time.perf_counter() - t0) / n
 
-    def side_by_side(self, a, b, n=3, rounds=None):
+    def side_by_side(self, a, b, rounds):
         """Median seconds of a and of b, and the median over rounds of time(a) / time(b)."""
         a(), b()  # warm-up: allocator, lazy init, compile
-        times = [(self.seconds(a, n), self.seconds(b, n)) for _ in range(rounds or self.rounds)]
+        times = [(self.seconds(a), self.seconds(b)) for _ in range(rounds)]
         return (statistics.median(ta for ta, _ in times), statistics.median(tb for _, tb in times),
                 statistics.median(ta / tb for ta, tb in times))
 
@@ -170,7 +169,7 @@ class Bench:
                     y, _, _ = layer(x, None, None)
                 y.float().square().mean().backward()
             return fwd_bwd
-        a, b, ratio = self.side_by_side(run(moe), run(mlp), n=5)
+        a, b, ratio = self.side_by_side(run(moe), run(mlp), 3 * self.rounds)
         self.show(f"MoE layer ({smoe.n_experts} experts top-{smoe.top_k}) / dense MLP, fwd+bwd", a, b, ratio)
 
     def steps(self, rmoe, smoe, dense, batch):
@@ -179,7 +178,7 @@ class Bench:
         flops = {name: m.flops_per_token() for name, m in models.items()}
         tokens = batch[0] * batch[1]
         for a, b in (("RMoE", "SMoE"), ("SMoE", "dense")):
-            ta, tb, ratio = self.side_by_side(step[a], step[b])
+            ta, tb, ratio = self.side_by_side(step[a], step[b], self.rounds)
             self.show(f"training step {a} / {b} (FLOPs {flops[a] / flops[b]:.3f}x)", ta, tb, ratio)
             for name, t in ((a, ta), (b, tb)):
                 print(f"    {name}: {tokens / t:,.0f} tok/s, {flops[name] / 1e6:.2f} MFLOP/token, "
@@ -196,7 +195,7 @@ class Bench:
                 with self.autocast:
                     model.generate(prompt, n_tokens, temperature=1.0, kv_cache=kv_cache)
             return run
-        ta, tb, ratio = self.side_by_side(generate(False), generate(True), n=1, rounds=min(3, self.rounds))
+        ta, tb, ratio = self.side_by_side(generate(False), generate(True), max(1, self.rounds // 3))
         self.show(f"sampling {n_tokens} tokens: without / with the KV cache", ta, tb, ratio, unit="ms")
         print(f"    {n_tokens / ta:,.0f} tokens/s without, {n_tokens / tb:,.0f} tokens/s with the cache")
 

@@ -11,7 +11,8 @@ first, then the overrides, wherever they stand on the command line. Every key
 must already have a default (an unknown key names the closest valid ones), and
 the type of a new value must match the default's (an int may stand for a float).
 
-Also here: fail(), the one-line exit for bad input, and pick_device().
+Also here: fail(), the one-line exit for bad input, pick_device(), and
+script_settings() for the scripts that only read settings and a device.
 """
 
 import ast
@@ -93,6 +94,15 @@ def _set(config, explicit, key, value, where):
                           f"{default!r}, got {type(value).__name__} {value!r}")
     config[key] = value
     explicit.add(key)
+
+
+def script_settings(defaults, argv, usage):
+    """(settings, device) for sample.py, analyze.py and bench.py; a bad setting exits with one line."""
+    try:
+        cfg, _ = parse_args(defaults, argv, usage)
+        return cfg, pick_device(cfg["device"])
+    except ConfigError as e:
+        fail(e)
 
 
 def fail(message):

@@ -23,7 +23,7 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import ConfigError, fail, parse_args, pick_device
+from configurator import fail, script_settings
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -41,11 +41,7 @@ DEFAULTS = {
 
 
 def main(argv):
-    try:
-        cfg, _ = parse_args(DEFAULTS, argv, __doc__)
-        device = pick_device(cfg["device"])
-    except ConfigError as e:
-        fail(e)
+    cfg, device = script_settings(DEFAULTS, argv, __doc__)
     if cfg["temperature"] < 0:
         fail(f"temperature={cfg['temperature']} must be >= 0 (0 is greedy)")
     for key, least in (("top_k", 1), ("num_samples", 1), ("max_new_tokens", 0), ("seed", 0)):
