@@ -191,14 +191,15 @@ class MoE(nn.Module):
         token_of_slot = order // k  # (N*k,) which token each sorted slot reads
         # slots per expert, the split sizes: a host sync, the one price of running each expert on its own slice
         counts = slots_per_expert(topk_idx, self.w1.shape[0]).tolist()
-        xs = x[token_of_slot].split(counts)  # E tensors (n_e, C)
+        # index_select, not x[token_of_slot]: its backward is a scatter-add, several times cheaper on CPU
+        xs = x.index_select(0, token_of_slot).split(counts)  # E tensors (n_e, C)
         # unbind, not self.w1[e]: one gradient tensor per weight, not one full-size zero tensor per expert
         experts = zip(xs, self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0))
         # eager skips idle experts (most of them when generate() feeds one token); a compiled graph
         # cannot branch on a data-dependent size, and an empty matmul is correct anyway
         compiling = torch.compiler.is_compiling()
         ys = torch.cat([swiglu(xe, w1, w3, w2) for xe, w1, w3, w2 in experts if compiling or len(xe)])  # (N*k, C)
-        ys = ys * weights.flatten()[order].unsqueeze(-1)  # scale each slot's output by its gate weight
+        ys = ys * weights.flatten().index_select(0, order).unsqueeze(-1)  # scale each slot's output by its gate weight
         return torch.zeros_like(x).index_add_(0, token_of_slot, ys)  # (N, C) sum the k outputs per token
 
 
