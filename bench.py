@@ -117,7 +117,13 @@ class Bench:
     def side_by_side(self, a, b, rounds):
         """Median seconds of a and of b, and the median over rounds of time(a) / time(b)."""
         a(), b()  # warm-up: allocator, lazy init, compile
-        times = [(self.seconds(a), self.seconds(b)) for _ in range(rounds)]
+        times = []
+        for r in range(rounds):
+            if r % 2:  # alternate which runs first, so neither always follows the other
+                tb, ta = self.seconds(b), self.seconds(a)
+            else:
+                ta, tb = self.seconds(a), self.seconds(b)
+            times.append((ta, tb))
         return (statistics.median(ta for ta, _ in times), statistics.median(tb for _, tb in times),
                 statistics.median(ta / tb for ta, tb in times))
 
@@ -185,9 +191,7 @@ class Bench:
                       f"MFU {100 * flops[name] * tokens / t / self.peak_flops:.0f}% of the measured peak")
 
     def sample(self, rmoe, n_tokens):
-        model = GPT(rmoe).to(self.device).eval()
-        if self.uniform:
-            self.force_uniform(model)
+        model = GPT(rmoe).to(self.device).eval()  # no --uniform here: one token per step cannot be spread
         prompt = torch.zeros(1, 1, dtype=torch.long, device=self.device)
 
         def generate(kv_cache):
@@ -205,7 +209,7 @@ class Bench:
         model = GPT(rmoe).to(self.device)
         labels = {CausalSelfAttention: "attention", MoE: "experts and dispatch",
                   LinearRouter: "router (Proj_i, G_i)", RecurrentRouter: "router (Proj_i, G_i)",
-                  RouterCore: "GRU cell"}
+                  RouterCore: "recurrent cell"}
         for m in model.modules():
             if type(m) in labels:
                 label(m.cell if isinstance(m, RouterCore) else m, labels[type(m)])
@@ -236,7 +240,7 @@ class Bench:
         for e in events:
             spent[owner(e)] = spent.get(owner(e), 0) + e.self_cpu_time_total
         total = sum(spent.values())
-        order = ["attention", "experts and dispatch", "router (Proj_i, G_i)", "GRU cell", "optimizer", "rest"]
+        order = ["attention", "experts and dispatch", "router (Proj_i, G_i)", "recurrent cell", "optimizer", "rest"]
         print("where an RMoE training step's CPU time goes (3 steps, profiler self time):")
         print("    " + ", ".join(f"{name} {100 * spent.get(name, 0) / total:.0f}%" for name in order))
         print("    (rest: embeddings, norms, the head and loss, the load-balance loss, gradient clipping)")

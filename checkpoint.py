@@ -47,10 +47,10 @@ def load_checkpoint(path, device="cpu"):
                          f"kind of file); retrain or restore it")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path} holds pickled python objects, which weights_only loading refuses because "
-                         f"they could run code; use a checkpoint written by train.py") from None
     except Exception as e:
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):  # not a corrupt file
+            raise ValueError(f"{path} holds pickled python objects, which weights_only loading refuses because "
+                             f"they could run code; use a checkpoint written by train.py") from None
         raise ValueError(f"cannot read checkpoint {path} ({type(e).__name__}); it is corrupt: "
                          f"retrain or restore it") from None
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)

@@ -111,8 +111,9 @@ class KVCache:
     """One layer's attention keys and values for the tokens generate() has fed in so far.
 
     Only attention is cached. The router state h runs over depth, not time: a new
-    token's routing starts from h_0 at the first layer and reads nothing of earlier
-    tokens, so there is no router state to keep between steps.
+    token's h starts from h_0 at the first layer and never reads another token's h
+    (earlier tokens reach its routing only through attention), so there is no router
+    state to keep between steps.
     """
 
     def __init__(self):
@@ -122,6 +123,8 @@ class KVCache:
         return 0 if self.k is None else self.k.size(2)
 
     def extend(self, k, v):
+        if self.k is not None and k.size(2) > 1:  # attention treats only a square (prefill) call as causal
+            raise ValueError("after the first call with a KV cache, feed one token at a time")
         self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
         self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
         return self.k, self.v
@@ -243,8 +246,6 @@ class GPT(nn.Module):
         start = len(kv_caches[0]) if kv_caches else 0  # position of idx's first token
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
-        if start and T > 1:
-            raise ValueError("after the first call with a KV cache, feed one token at a time")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
 
@@ -305,7 +306,7 @@ class GPT(nn.Module):
         only the k likeliest tokens.
 
         The model sees a window of the latest tokens. When a new token would make it longer than
-        block_size, the window restarts at the last block_size // 2 tokens: positions are learned
+        block_size, the window restarts at the last block_size // 2 tokens (at least one): positions are learned
         embeddings, so cached keys cannot slide along, and restarting at half fills the cache
         with one forward every block_size // 2 tokens. kv_cache=False recomputes the whole
         window each step; it is the reference the cached path must match token for token.
@@ -315,7 +316,7 @@ class GPT(nn.Module):
         caches = None
         for _ in range(max_new_tokens):
             if idx.size(1) - window > block_size:
-                window, caches = idx.size(1) - block_size // 2, None  # restart the window (and the cache)
+                window, caches = idx.size(1) - max(1, block_size // 2), None  # restart the window (and the cache)
             if not kv_cache:
                 logits, _, _ = self(idx[:, window:])
             elif caches is None:

@@ -162,7 +162,7 @@ def make_router(config):
 
 
 # -----------------------------------------------------------------------------
-# losses
+# expert load and losses
 
 def slots_per_expert(topk_idx, n_experts):
     """How many token-slots each expert got, (E,). Not torch.bincount: its output size depends on

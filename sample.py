@@ -8,14 +8,15 @@ Generate text from a trained checkpoint.
 
 The model and its character vocabulary come from out_dir/ckpt.pt; a checkpoint
 without one uses GPT-2 BPE (tiktoken). A prompt longer than the model's
-block_size is fine: the model sees only its last block_size tokens.
+block_size is fine: it is cropped to its last block_size tokens (see
+GPT.generate() for the window once the text outgrows block_size).
 
 --trace=True shows after each sample which experts every token went to in every
 MoE layer: a grid of one row per token and one column per layer, with the top-1
 expert id (all top_k ids with --trace_topk=True), then, in a terminal, the text
 coloured by the top-1 expert of layer --trace_layer. The routing comes from one
 forward pass over the last block_size tokens of the text (the prompt alone with
---max_new_tokens=0), the window the model would read next.
+--max_new_tokens=0); a token generated in a shorter window may have gone elsewhere then.
 """
 
 import sys

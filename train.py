@@ -13,7 +13,7 @@ settings cannot change; others given explicitly, such as max_iters, win):
 Settings: the TrainConfig below and the model's GPTConfig (model.py), set by
 config files (python, run as code) and --key=value overrides; --help lists them.
 
-Ctrl-C finishes the current step, saves out_dir/ckpt.pt at it and exits with
+Ctrl-C finishes the current step, saves out_dir/ckpt.pt at it (in place of the best one) and exits with
 code 130; --init_from=resume continues exactly. A non-finite loss stops the run
 without saving, so ckpt.pt keeps the last good state.
 """
@@ -244,13 +244,13 @@ def main(argv):
         progress = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
         return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - cfg.min_lr)
 
-    def stop_nonfinite(what):
+    def nonfinite(what):
         kept = f"{ckpt_path} keeps the last good state" if os.path.exists(ckpt_path) else "nothing was saved"
-        fail(f"{what} at step {iter_num}; training stopped and {kept}; lower --learning_rate or raise "
-             f"--warmup_iters, then resume or start again")
+        return (f"{what} at step {iter_num}; training stopped and {kept}; lower --learning_rate or raise "
+                f"--warmup_iters, then resume or start again")
 
     def save(rng):
-        """Write out_dir/ckpt.pt at iter_num (only ever after a finite loss); a failed write is a one-line error."""
+        """Write out_dir/ckpt.pt at iter_num (only ever after a finite loss); returns the error of a failed write."""
         try:
             save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -258,11 +258,26 @@ def main(argv):
                 "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
             }, ckpt_path)
         except ValueError as e:
-            fail(e)
+            return str(e)
+        print(f"  saved {ckpt_path}")
+
+    def stop_together(problem):
+        """Exit every process with the master's problem, if it has one: one that exits alone leaves the
+        others waiting in their next collective."""
+        if ddp:
+            shared = [problem]
+            dist.broadcast_object_list(shared, src=0)
+            problem = shared[0]
+        if problem:
+            fail(problem)
 
     # ---- the loop
     interrupted = []  # Ctrl-C appends here; the loop finishes its step, saves and exits
-    signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+    signal.signal(signal.SIGINT, on_interrupt)
     t0, timed_steps = time.time(), 0
     while True:
         lr = learning_rate(iter_num)
@@ -271,20 +286,22 @@ def main(argv):
 
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters:
             rng = gather_rng_states(ddp, world_size, device_type)  # a collective: every process takes part
+            problem = None
             if master:
                 losses, per_layer = evaluate()
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                if not math.isfinite(losses["train"] + losses["val"]):  # finite but diverged weights show here
-                    stop_nonfinite(f"the evaluation loss is {losses['train'] + losses['val']}")
-                for i, s in enumerate(per_layer):
-                    print(f"  layer {i}: max expert share {s['max_share']:.3f} (even: "
-                          f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
-                          f"of {math.log(raw_model.config.n_experts):.3f} nats, inner / outer balance "
-                          f"{s['inner_balance']:.2f} / {s['outer_balance']:.2f}")
-                if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
-                    best_val_loss = min(best_val_loss, losses["val"])
-                    save(rng)
-                    print(f"  saved {ckpt_path}")
+                if not math.isfinite(losses["train"] + losses["val"]):  # a finite step can leave non-finite weights
+                    problem = nonfinite(f"the evaluation loss is {losses['train'] + losses['val']}")
+                else:
+                    for i, s in enumerate(per_layer):
+                        print(f"  layer {i}: max expert share {s['max_share']:.3f} (even: "
+                              f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
+                              f"of {math.log(raw_model.config.n_experts):.3f} nats, inner / outer balance "
+                              f"{s['inner_balance']:.2f} / {s['outer_balance']:.2f}")
+                    if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
+                        best_val_loss = min(best_val_loss, losses["val"])
+                        problem = save(rng)
+            stop_together(problem)
             t0, timed_steps = time.time(), 0  # evaluation time is not step time
         if iter_num >= cfg.max_iters:
             break
@@ -303,8 +320,6 @@ def main(argv):
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-        timed_steps += 1
 
         # one host sync per step: a non-finite loss or a Ctrl-C in any process stops them all at this step
         stop = torch.stack([step_loss, torch.tensor(float(len(interrupted)), device=device)])
@@ -312,15 +327,17 @@ def main(argv):
             dist.all_reduce(stop)  # a sum: NaN or inf from any process stays non-finite
         loss_sum, interrupts = stop.tolist()
         if not math.isfinite(loss_sum):
-            stop_nonfinite(f"loss is {loss_sum}")
+            fail(nonfinite(f"loss is {loss_sum}"))  # every process saw it: they all stop here
+        iter_num += 1
+        timed_steps += 1
         if interrupts:
             rng = gather_rng_states(ddp, world_size, device_type)
-            if master:
-                save(rng)
-                print(f"interrupted: saved {ckpt_path} at step {iter_num} (an interrupt checkpoint, whatever "
-                      f"its val loss); continue it with --init_from=resume")
+            problem = save(rng) if master else None
+            if master and problem is None:
+                print(f"interrupted: saved {ckpt_path} at step {iter_num}, the current state (it replaces "
+                      f"the best one); continue it with --init_from=resume")
+            stop_together(problem)
             if ddp:
-                dist.barrier()  # the others wait for the master's write, so torchrun kills no one mid-save
                 dist.destroy_process_group()
             sys.exit(130)  # the shell's code for a run stopped by Ctrl-C
 

@@ -127,7 +127,7 @@ def test_expert_similarity_is_3_for_identical_experts_and_3_over_e_for_orthogona
     assert analyze.expert_similarity(w1, w3, w2) == pytest.approx(3 / E)
 
 
-def tiny_checkpoint(folder, data, **overrides):
+def random_checkpoint(folder, data, **overrides):
     """An untrained 3-layer model of the tiny dataset's vocabulary, saved where train.py would. Its
     weights are drawn at std 1: at the real init every token goes to the same experts."""
     with open(os.path.join(data, "meta.pkl"), "rb") as f:
@@ -172,7 +172,7 @@ def sample_main(capsys, *args):
 
 
 def test_trace_lists_each_tokens_experts_in_each_layer(tiny_data, tmp_path, capsys):
-    model, vocab = tiny_checkpoint(tmp_path, tiny_data)
+    model, vocab = random_checkpoint(tmp_path, tiny_data)
     prompt = "KING:\nthe king"
     out = sample_main(capsys, f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=0")
     assert "\x1b" not in out  # not a terminal: plain text
@@ -187,7 +187,7 @@ def test_trace_lists_each_tokens_experts_in_each_layer(tiny_data, tmp_path, caps
 
 
 def test_trace_of_a_text_longer_than_block_size_covers_the_last_window(tiny_data, tmp_path, capsys):
-    model, vocab = tiny_checkpoint(tmp_path, tiny_data)
+    model, vocab = random_checkpoint(tmp_path, tiny_data)
     prompt = "KING:\nthe king my lord love"  # 27 tokens, then 20 more: 47, of which the last 32 are traced
     out = sample_main(capsys, f"--out_dir={tmp_path}", f"--start={prompt}", "--max_new_tokens=20")
     text = out.split("\nrouting of")[0]
@@ -200,7 +200,7 @@ def test_trace_of_a_text_longer_than_block_size_covers_the_last_window(tiny_data
 
 
 def test_trace_colours_the_text_by_one_layers_top1_expert(tiny_data, tmp_path):
-    model, vocab = tiny_checkpoint(tmp_path, tiny_data)
+    model, vocab = random_checkpoint(tmp_path, tiny_data)
     text = "KING:\nthe king"
     out = sample.routing_trace(model, [vocab.index(c) for c in text], lambda ids: "".join(vocab[i] for i in ids),
                                topk=False, colour_layer=2)
@@ -214,17 +214,17 @@ def test_trace_colours_the_text_by_one_layers_top1_expert(tiny_data, tmp_path):
 
 
 def test_trace_refuses_a_dense_model_and_a_missing_layer(tiny_data, tmp_path, capsys):
-    tiny_checkpoint(tmp_path / "moe", tiny_data)
+    random_checkpoint(tmp_path / "moe", tiny_data)
     with pytest.raises(SystemExit, match="^error: trace_layer=3 must be between 0 and 2, a layer of the model$"):
         sample_main(capsys, f"--out_dir={tmp_path / 'moe'}", "--trace_layer=3")
-    tiny_checkpoint(tmp_path / "dense", tiny_data, n_experts=0)
+    random_checkpoint(tmp_path / "dense", tiny_data, n_experts=0)
     with pytest.raises(SystemExit, match=r"dense model \(n_experts=0\): there is no routing to trace$"):
         sample_main(capsys, f"--out_dir={tmp_path / 'dense'}")
 
 
 def test_analyze_shows_models_side_by_side(tiny_data, tmp_path, capsys):
     for name, overrides in [("gru", {}), ("linear", {"router": "linear"}), ("np", {"router_passing": "none"})]:
-        tiny_checkpoint(tmp_path / name, tiny_data, **overrides)
+        random_checkpoint(tmp_path / name, tiny_data, **overrides)
     out = tmp_path / "routing.json"
     analyze.main([f"--ckpts={tmp_path / 'gru'},{tmp_path / 'linear'},{tmp_path / 'np'}", "--tokens=250",
                   f"--json={out}", f"--plots={tmp_path / 'plots'}", "--device=cpu"])
@@ -261,6 +261,6 @@ def test_analyze_bad_input_is_one_line_error(args, message):
 
 
 def test_analyze_refuses_a_dense_model(tiny_data, tmp_path):
-    tiny_checkpoint(tmp_path, tiny_data, n_experts=0)
+    random_checkpoint(tmp_path, tiny_data, n_experts=0)
     with pytest.raises(SystemExit, match=r"is a dense model \(n_experts=0\): it routes nothing"):
         analyze.main([f"--ckpts={tmp_path}"])

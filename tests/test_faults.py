@@ -102,7 +102,7 @@ def test_kill_inside_the_writer_keeps_the_previous_checkpoint(checkpoint_copy):
 
 
 @pytest.mark.parametrize("eval_interval, message", [
-    (100, "loss is nan at step 4"),  # a training step's loss
+    (100, "loss is nan at step 3"),  # a training step's loss
     (3, "the evaluation loss is nan at step 3"),  # step 3's loss was finite, its update was not
 ])
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(checkpoint_copy, eval_interval, message):

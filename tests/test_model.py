@@ -278,6 +278,24 @@ def test_kv_cache_gives_the_same_tokens_and_expert_choices(router, temperature):
     assert torch.equal(cached_experts, reference_experts)
 
 
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_generate_restarts_a_full_window_at_half_its_length(kv_cache):
+    model = GPT(tiny_config()).eval()  # block_size 16
+    fed = []  # tokens fed to the model at each step
+    model.register_forward_pre_hook(lambda m, args: fed.append(args[0].size(1)))
+    model.generate(torch.zeros(1, 5, dtype=torch.long), 30, temperature=0, kv_cache=kv_cache)
+    window = list(range(5, 17)) + list(range(8, 17)) + list(range(8, 17))  # the window's length at each step
+    restarts = {0, 12, 21}  # the steps that start a window: the first, then each time it would pass 16
+    expected = window if not kv_cache else [n if step in restarts else 1 for step, n in enumerate(window)]
+    assert fed == expected
+
+
+def test_generate_works_with_a_one_token_window():
+    model = GPT(tiny_config(block_size=1)).eval()
+    out = model.generate(torch.zeros(1, 1, dtype=torch.long), 4, temperature=0)
+    assert out.shape == (1, 5)
+
+
 def test_kv_cache_is_fed_one_token_at_a_time():
     model = GPT(tiny_config()).eval()
     caches = [KVCache() for _ in model.blocks]
