@@ -306,10 +306,11 @@ class GPT(nn.Module):
         only the k likeliest tokens.
 
         The model sees a window of the latest tokens. When a new token would make it longer than
-        block_size, the window restarts at the last block_size // 2 tokens (at least one): positions are learned
-        embeddings, so cached keys cannot slide along, and restarting at half fills the cache
-        with one forward every block_size // 2 tokens. kv_cache=False recomputes the whole
-        window each step; it is the reference the cached path must match token for token.
+        block_size, the window restarts at the last block_size // 2 tokens (at least one):
+        positions are learned embeddings, so cached keys cannot slide along, and restarting at
+        half refills the cache with one forward every block_size // 2 tokens. kv_cache=False
+        recomputes the whole window each step; it is the reference the cached path must match
+        token for token.
         """
         block_size = self.config.block_size
         window = max(0, idx.size(1) - block_size)  # index of the window's first token; long prompts are cropped
