@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import fail, script_settings
 from model import MoE
-from router import GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_summary
+from router import (GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
+                    routing_summary)
 from train import load_dataset
 
 DEFAULTS = {
@@ -162,9 +163,8 @@ def route(model, windows, batch_size):
         loss += aux["lm_loss"].item() * len(batch)
     if hook is not None:
         hook.remove()
-    layers = list(zip(*routing))  # routing[batch][layer] -> per layer, all batches
-    probs = [torch.cat([r.probs for r in layer]) for layer in layers]
-    topk_idx = [torch.cat([r.topk_idx for r in layer]) for layer in layers]
+    layers = routing_by_layer(routing)
+    probs, topk_idx = [r.probs for r in layers], [r.topk_idx for r in layers]
     state = {}
     if cell is not None:
         per_layer = [calls[i::len(layers)] for i in range(len(layers))]

@@ -212,6 +212,12 @@ def aux_losses(routing):
 # pure functions of routing tensors. train.py logs routing_summary at eval; analyze.py
 # reports all of them.
 
+def routing_by_layer(batches):
+    """Each MoE layer's Routing over several forward passes: batches[pass][layer] -> one Routing
+    per layer, its tensors concatenated over the passes' tokens."""
+    return [Routing(*(torch.cat(tensors) for tensors in zip(*layer))) for layer in zip(*batches)]
+
+
 @torch.no_grad()
 def routing_summary(probs, topk_idx):
     """One MoE layer's routing in numbers. probs: (N, E) softmax over all experts, topk_idx: (N, k).

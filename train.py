@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import ConfigError, fail, parse_args, pick_device
 from model import GPT, GPTConfig
-from router import routing_summary
+from router import routing_by_layer, routing_summary
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -231,9 +231,7 @@ def main(argv):
                     routing.append(aux["routing"])
             losses[split] = total / cfg.eval_iters
         raw_model.train()
-        layers = zip(*routing)  # routing[batch][layer] -> per layer, all batches
-        per_layer = [routing_summary(torch.cat([r.probs for r in layer]), torch.cat([r.topk_idx for r in layer]))
-                     for layer in layers]
+        per_layer = [routing_summary(r.probs, r.topk_idx) for r in routing_by_layer(routing)]
         return losses, per_layer
 
     def learning_rate(it):

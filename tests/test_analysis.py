@@ -4,7 +4,6 @@ sample.py's routing trace."""
 import json
 import math
 import os
-import pickle
 import re
 from dataclasses import asdict
 
@@ -16,8 +15,18 @@ import analyze
 import sample
 from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
-from router import (choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
-                    routing_summary)
+from router import (Routing, choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
+                    routing_by_layer, routing_summary)
+from train import load_dataset
+
+
+def test_routing_of_several_passes_is_joined_per_layer_in_pass_order():
+    def layer(tag, n):  # a Routing whose every value says which pass and layer it came from
+        return Routing(torch.full((n, 4), tag), torch.full((n, 4), tag), torch.full((n, 2), int(tag)))
+    joined = routing_by_layer([[layer(1.0, 2), layer(2.0, 2)], [layer(3.0, 1), layer(4.0, 1)]])
+    assert [r.probs[:, 0].tolist() for r in joined] == [[1, 1, 3], [2, 2, 4]]
+    assert [r.topk_idx[:, 0].tolist() for r in joined] == [[1, 1, 3], [2, 2, 4]]
+    assert [r.logits.shape for r in joined] == [(3, 4), (3, 4)]
 
 
 def test_uniform_gates_have_entropy_ln_e_and_balanced_load():
@@ -130,9 +139,7 @@ def test_expert_similarity_is_3_for_identical_experts_and_3_over_e_for_orthogona
 def random_checkpoint(folder, data, **overrides):
     """An untrained 3-layer model of the tiny dataset's vocabulary, saved where train.py would. Its
     weights are drawn at std 1: at the real init every token goes to the same experts."""
-    with open(os.path.join(data, "meta.pkl"), "rb") as f:
-        meta = pickle.load(f)
-    vocab = [meta["itos"][i] for i in range(meta["vocab_size"])]
+    _, vocab = load_dataset(data, master=True, ddp=False)
     settings = dict(vocab_size=len(vocab), block_size=32, n_layer=3, n_head=2, n_embd=32, n_experts=4, top_k=2,
                     mlp_hidden=32, router_dim=16)
     torch.manual_seed(0)
