@@ -31,7 +31,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
 from configurator import ConfigError, fail, parse_args, script_settings
-from model import GPT, MLP, CausalSelfAttention, GPTConfig, MoE
+from model import GPT, MLP, CausalSelfAttention, GPTConfig, MoE, compile_moe
 from router import LinearRouter, RecurrentRouter, RouterCore
 from train import MODEL_KEYS, default_settings
 
@@ -143,10 +143,7 @@ class Bench:
                 m.router.register_forward_hook(round_robin_logits(m.top_k))
 
     def compiled(self, model):
-        if not self.compile:
-            return model
-        torch._dynamo.config.capture_scalar_outputs = True  # as train.py: split sizes stay in the graph
-        return torch.compile(model)
+        return compile_moe(model) if self.compile else model
 
     def train_step(self, model, batch):
         if self.uniform:

@@ -206,6 +206,13 @@ class MoE(nn.Module):
         return torch.zeros_like(x).index_add_(0, token_of_slot, ys)  # (N, C) sum the k outputs per token
 
 
+def compile_moe(model):
+    """torch.compile for a model with MoE layers: the dispatch's per-expert split sizes (.tolist())
+    become symbolic integers in the graph (capture_scalar_outputs), not graph breaks and recompiles."""
+    torch._dynamo.config.capture_scalar_outputs = True
+    return torch.compile(model)
+
+
 class Block(nn.Module):
 
     def __init__(self, config):

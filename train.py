@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from configurator import ConfigError, fail, parse_args, pick_device
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, compile_moe
 from router import routing_by_layer, routing_summary
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -200,8 +200,7 @@ def main(argv):
         ckpt = None  # free the memory
     raw_model = model
     if cfg.compile:
-        torch._dynamo.config.capture_scalar_outputs = True  # the dispatch's split sizes stay in the graph
-        model = torch.compile(model)
+        model = compile_moe(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
 

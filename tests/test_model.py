@@ -232,7 +232,7 @@ def test_generate_greedy_is_deterministic_and_crops_long_prompts():
 def test_model_compiles_to_one_graph_with_the_same_loss_and_gradients():
     """torch.compile(fullgraph=True) must trace forward and backward of the MoE dispatch without a
     break: the expert counts have a fixed size and the split sizes become symbolic integers
-    (capture_scalar_outputs, set by train.py). aot_eager traces like inductor, without code generation."""
+    (capture_scalar_outputs, set by compile_moe). aot_eager traces like inductor, without code generation."""
     torch.manual_seed(0)
     model = GPT(tiny_config(n_layer=2))
     idx = torch.randint(0, 11, (2, 16))
