@@ -19,6 +19,7 @@ without saving, so ckpt.pt keeps the last good state.
 """
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -153,11 +154,13 @@ def main(argv):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed + rank)  # dropout differs per process; data order is seeded separately
 
+    log_path = os.path.join(cfg.out_dir, "log.jsonl")
     if master:
         try:
             os.makedirs(cfg.out_dir, exist_ok=True)
+            log = open_record(log_path, ckpt["iter_num"] if ckpt else None)
         except OSError as e:
-            fail(f"cannot create out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir")
+            fail(f"cannot write in out_dir {cfg.out_dir}: {e.strerror}; pick another --out_dir")
 
     # ---- data (prepared on first use)
     data_dir, vocab = load_dataset(cfg.dataset, master, ddp)
@@ -181,7 +184,7 @@ def main(argv):
     if ckpt is None:
         vocab_size = len(vocab) if vocab else 50304  # GPT-2's 50257 padded to a multiple of 64
         model = GPT(GPTConfig(**model_settings, vocab_size=vocab_size))
-        iter_num, best_val_loss = 0, float("inf")
+        iter_num, best_val_loss, best_step, saved_step = 0, float("inf"), None, None
     else:
         if ckpt.get("vocab") != vocab:
             fail(f"the checkpoint's vocabulary differs from the one in {data_dir} (was the dataset prepared "
@@ -191,7 +194,8 @@ def main(argv):
             model = model_from_checkpoint(ckpt, ckpt_path)
         except ValueError as e:
             fail(e)
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+        iter_num, best_val_loss, saved_step = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["iter_num"]
+        best_step = ckpt.get("best_step")
     model.to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     if ckpt is not None:
@@ -252,11 +256,23 @@ def main(argv):
             save_checkpoint({
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "model_config": asdict(raw_model.config), "train_config": asdict(cfg),
-                "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "rng": rng,
+                "vocab": vocab, "iter_num": iter_num, "best_val_loss": best_val_loss, "best_step": best_step,
+                "rng": rng,
             }, ckpt_path)
         except ValueError as e:
             return str(e)
+        nonlocal saved_step
+        saved_step = iter_num
         print(f"  saved {ckpt_path}")
+
+    def write(record):
+        """Append one record to log.jsonl (master only); returns the error of a failed write."""
+        try:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        except OSError as e:
+            return (f"cannot write {log_path} ({e.strerror}); free disk space, then resume with "
+                    f"--init_from=resume (the record is cut back to the checkpoint's step)")
 
     def stop_together(problem):
         """Exit every process with the master's problem, if it has one: one that exits alone leaves the
@@ -276,6 +292,7 @@ def main(argv):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
     signal.signal(signal.SIGINT, on_interrupt)
     t0, timed_steps = time.time(), 0
+    started = time.time()
     while True:
         lr = learning_rate(iter_num)
         for group in optimizer.param_groups:
@@ -295,15 +312,22 @@ def main(argv):
                               f"{1 / raw_model.config.n_experts:.3f}), gate entropy {s['entropy']:.3f} "
                               f"of {math.log(raw_model.config.n_experts):.3f} nats, inner / outer balance "
                               f"{s['inner_balance']:.2f} / {s['outer_balance']:.2f}")
-                    if iter_num > 0 and (losses["val"] < best_val_loss or cfg.always_save_checkpoint):
-                        best_val_loss = min(best_val_loss, losses["val"])
+                    record = {"kind": "eval", "step": iter_num, "tokens": iter_num * tokens_per_step,
+                              "train_loss": losses["train"], "val_loss": losses["val"]}
+                    if vocab:  # one token per character: bits per character
+                        record["val_bpc"] = losses["val"] / math.log(2)
+                    problem = write({**record, "routing": per_layer})
+                    if problem is None and iter_num > 0 and (losses["val"] < best_val_loss
+                                                             or cfg.always_save_checkpoint):
+                        if losses["val"] < best_val_loss:
+                            best_val_loss, best_step = losses["val"], iter_num
                         problem = save(rng)
             stop_together(problem)
             t0, timed_steps = time.time(), 0  # evaluation time is not step time
         if iter_num >= cfg.max_iters:
             break
 
-        step_loss = torch.zeros((), device=device)  # summed over micro-steps, checked once per step
+        step_losses = torch.zeros(3, device=device)  # lm, lb and z loss summed over micro-steps
         for micro in range(micro_steps):
             if ddp:
                 model.require_backward_grad_sync = micro == micro_steps - 1  # all-reduce once, on the last
@@ -312,19 +336,20 @@ def main(argv):
             with autocast:
                 _, loss, aux = model(x, y)
             (loss / micro_steps).backward()
-            step_loss += loss.detach()
+            step_losses += torch.stack([aux[k].float().to(device) for k in ("lm_loss", "lb_loss", "z_loss")])
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         # one host sync per step: a non-finite loss or a Ctrl-C in any process stops them all at this step
-        stop = torch.stack([step_loss, torch.tensor(float(len(interrupted)), device=device)])
+        stop = torch.cat([step_losses, torch.tensor([float(len(interrupted))], device=device)])
         if ddp:
             dist.all_reduce(stop)  # a sum: NaN or inf from any process stays non-finite
-        loss_sum, interrupts = stop.tolist()
-        if not math.isfinite(loss_sum):
-            fail(nonfinite(f"loss is {loss_sum}"))  # every process saw it: they all stop here
+        *loss_sums, interrupts = stop.tolist()
+        if not math.isfinite(sum(loss_sums)):
+            fail(nonfinite(f"loss is {sum(loss_sums)}"))  # every process saw it: they all stop here
+        lm_loss, lb_loss, z_loss = (x / cfg.gradient_accumulation_steps for x in loss_sums)  # step means
         iter_num += 1
         timed_steps += 1
         if interrupts:
@@ -344,13 +369,26 @@ def main(argv):
             dt = (time.time() - t0) / timed_steps
             t0, timed_steps = time.time(), 0
             tokens_per_s = tokens_per_step / dt
-            line = (f"iter {iter_num}: loss {aux['lm_loss'].item():.4f}, lb {aux['lb_loss'].item():.3f}, "
+            record = {"kind": "train", "step": iter_num, "tokens": iter_num * tokens_per_step, "lr": lr,
+                      "loss": lm_loss, "lb_loss": lb_loss, "z_loss": z_loss, "ms_per_step": dt * 1000,
+                      "tokens_per_s": tokens_per_s}
+            line = (f"iter {iter_num}: loss {lm_loss:.4f}, lb {lb_loss:.3f}, "
                     f"lr {lr:.2e}, {dt * 1000:.0f} ms/step, {tokens_per_s:,.0f} tok/s")
             if device_type == "cuda":
-                mfu = raw_model.flops_per_token() * tokens_per_s / (world_size * cfg.peak_tflops * 1e12)
-                line += f", mfu {100 * mfu:.1f}%"
+                record["mfu"] = raw_model.flops_per_token() * tokens_per_s / (world_size * cfg.peak_tflops * 1e12)
+                line += f", mfu {100 * record['mfu']:.1f}%"
             print(line)
+            problem = write(record)
+            if problem:
+                fail(problem)
 
+    if master:
+        wall = time.time() - started
+        problem = write({"kind": "end", "step": iter_num, "tokens": iter_num * tokens_per_step,
+                         "best_val_loss": best_val_loss, "best_step": best_step, "wall_s": wall})
+        kept = f"{ckpt_path} holds step {saved_step}" if saved_step is not None else "nothing was saved"
+        print(f"done: step {iter_num}, {iter_num * tokens_per_step:,} tokens, {wall / 60:.1f} min; best val loss "
+              f"{best_val_loss:.4f} at step {best_step}; {kept}" + (f"\nerror: {problem}" if problem else ""))
     if ddp:
         dist.destroy_process_group()
 
@@ -444,6 +482,27 @@ class PlainUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"it asks for {module}.{name}, and only plain values are allowed")
+
+
+def open_record(path, resume_step):
+    """Open log.jsonl, the run's record, for appending: one JSON line per logged step ("train"), per
+    evaluation ("eval") and at the end ("end"). A new run starts it empty. A resumed run keeps what
+    led to the checkpoint: the steps up to it and the evaluations before it (the loop evaluates that
+    step again), so steps trained after the last save, which the checkpoint lost, are not in it twice."""
+    kept = []
+    if resume_step is not None and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # a line cut short by a kill can only be the last
+                r = json.loads(line)
+                if (r["kind"] == "train" and r["step"] <= resume_step) or (r["kind"] == "eval" and r["step"] < resume_step):
+                    kept.append(line)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return open(path, "a")
 
 
 if __name__ == "__main__":
