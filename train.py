@@ -104,6 +104,13 @@ def default_settings():
     return {**asdict(TrainConfig()), **{k: getattr(GPTConfig(), k) for k in MODEL_KEYS}}
 
 
+def check_settings(settings):
+    """(TrainConfig, model settings) of a settings dict; a bad value is a ValueError, before anything is touched."""
+    model_settings = {k: settings[k] for k in MODEL_KEYS}
+    GPTConfig(**model_settings)
+    return TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)}), model_settings
+
+
 def main(argv):
     # ---- settings: defaults < config files < --key=value
     try:
@@ -113,9 +120,7 @@ def main(argv):
         if settings["init_from"] == "resume":
             ckpt = load_checkpoint(ckpt_path)
             settings = resumed_settings(settings, explicit, ckpt, ckpt_path)
-        cfg = TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})
-        model_settings = {k: settings[k] for k in MODEL_KEYS}
-        GPTConfig(**model_settings)  # check the model settings before touching anything
+        cfg, model_settings = check_settings(settings)
         device = pick_device(cfg.device)
         if ckpt is None and os.path.exists(ckpt_path):
             raise ValueError(f"{ckpt_path} already exists; continue it with --init_from=resume, "
