@@ -35,7 +35,7 @@ from configurator import fail, script_settings
 from model import MoE
 from router import (GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
                     routing_summary)
-from train import load_dataset
+from dataset import load_dataset
 
 DEFAULTS = {
     "ckpts": "out-rmoe-small",  # checkpoint folders (train.py's out_dir), comma-separated, shown side by side

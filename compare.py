@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from checkpoint import read_record
 from configurator import ConfigError, _read_config_file, fail, parse_args
 from train import REPO, check_settings, default_settings
 
@@ -132,15 +133,6 @@ def plan_runs(exp, overrides, exp_dir):
                 raise ConfigError(f"variant {name}: {e}") from None
             runs.append({"variant": name, "seed": seed, "dir": run_dir, "argv": argv, "max_iters": cfg.max_iters})
     return runs
-
-
-def read_record(run_dir):
-    """The records of a run's log.jsonl ([] if it has none yet); a line cut short by a kill is left out."""
-    path = os.path.join(run_dir, "log.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def finished(run):

@@ -13,7 +13,8 @@ sys.path.insert(0, REPO)
 
 # a model small enough that a training step takes milliseconds
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--n_experts=4", "--top_k=2", "--mlp_hidden=32",
-        "--router_dim=16", "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1"]
+        "--router_dim=16", "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1",
+        "--warmup_iters=0"]
 
 
 def sample_text(n_lines=400):

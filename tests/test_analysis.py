@@ -17,7 +17,7 @@ from checkpoint import save_checkpoint
 from model import GPT, GPTConfig
 from router import (Routing, choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
                     routing_by_layer, routing_summary)
-from train import load_dataset
+from dataset import load_dataset
 
 
 def test_routing_of_several_passes_is_joined_per_layer_in_pass_order():

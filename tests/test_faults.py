@@ -98,7 +98,7 @@ def test_kill_inside_the_writer_keeps_the_previous_checkpoint(checkpoint_copy):
     resumed = run("train.py", f"--out_dir={folder}", *RESUME)
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(str(folder / "ckpt.pt"))["iter_num"] == 6
-    assert sorted(os.listdir(folder)) == ["ckpt.pt"]
+    assert sorted(os.listdir(folder)) == [".lock", "ckpt.pt", "log.jsonl"]
 
 
 @pytest.mark.parametrize("eval_interval, message", [
@@ -113,7 +113,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(checkpoint_copy
                  "--always_save_checkpoint=True")
     assert_one_line_error(result, message, "keeps the last good state", "lower --learning_rate")
     assert (folder / "ckpt.pt").read_bytes() == before
-    assert sorted(os.listdir(folder)) == ["ckpt.pt"]
+    assert sorted(os.listdir(folder)) == [".lock", "ckpt.pt", "log.jsonl"]
 
 
 def limit_file_size():
@@ -128,4 +128,4 @@ def test_failed_write_keeps_the_old_checkpoint_and_says_so(checkpoint_copy):
     assert_one_line_error(result, f"cannot write checkpoint {folder / 'ckpt.pt'} (File too large)",
                           f"the previous {folder / 'ckpt.pt'} is intact", "free disk space")
     assert (folder / "ckpt.pt").read_bytes() == before
-    assert sorted(os.listdir(folder)) == ["ckpt.pt"]  # the temporary file is gone
+    assert sorted(os.listdir(folder)) == [".lock", "ckpt.pt", "log.jsonl"]  # the temporary file is gone

@@ -138,11 +138,10 @@ def test_text_file_to_trained_model_to_sample(tmp_path):
     sampled = run("sample.py", f"--out_dir={tmp_path / 'out'}", "--start=KING:", "--num_samples=2",
                   "--max_new_tokens=40", "--device=cpu")
     assert sampled.returncode == 0, sampled.stderr
-    samples = sampled.stdout.split("---------------\n")[:2]
-    assert len(samples) == 2
-    for s in samples:
-        body = s.rstrip("\n")
-        assert body.startswith("KING:") and len(body) == len("KING:") + 40
+    samples = sampled.stdout.split("\n---------------\n")  # print() ends each sample with one newline
+    assert samples[2:] == [""]
+    for body in samples[:2]:  # one character per token: the prompt and exactly 40 more, newlines included
+        assert body.startswith("KING:") and len(body) == len("KING:") + 40, repr(body)
         assert set(body) <= set(text.read_text())
 
 

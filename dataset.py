@@ -1,0 +1,105 @@
+"""
+How tokens get into the model: finding a prepared dataset, its vocabulary, and batches.
+
+A dataset is a folder (data/<name>/, made by its prepare.py) in nanoGPT's format:
+train.bin and val.bin (test.bin where the benchmark has one) hold uint16 token ids, and
+meta.pkl says how ids map to text. Three kinds of vocabulary follow from it:
+    a list of characters      meta.pkl with itos (character-level, data/shakespeare_char)
+    "bytes"                   meta.pkl with encoding "bytes" (byte-level, 256 ids)
+    None                      no meta.pkl: GPT-2 BPE
+The vocabulary travels inside every checkpoint, so sampling needs no data folder.
+"""
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from configurator import fail
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_dataset(name, master=True, ddp=False):
+    """Finds data/<name> (or the folder name), preparing it on first use if it has a
+    prepare.py. Returns the folder and the vocabulary (see above)."""
+    data_dir = name if os.path.isdir(name) else os.path.join(REPO, "data", name)
+    train_bin = os.path.join(data_dir, "train.bin")
+    prepare = os.path.join(data_dir, "prepare.py")
+    if not os.path.exists(train_bin) and os.path.exists(prepare) and master:
+        print(f"dataset {name} is not prepared yet: running {os.path.relpath(prepare)}")
+        subprocess.run([sys.executable, prepare])  # prints its own error if it fails
+    if ddp:
+        import torch.distributed as dist
+        dist.barrier()  # the other processes wait for the master's prepare, then all check
+    if not all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin")):
+        hint = (f"{prepare} did not finish (see above)" if os.path.exists(prepare) else
+                "prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
+        fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; {hint}")
+    vocab = None
+    meta_path = os.path.join(data_dir, "meta.pkl")
+    if os.path.exists(meta_path):
+        try:
+            with open(meta_path, "rb") as f:
+                meta = PlainUnpickler(f).load()
+            vocab = "bytes" if meta.get("encoding") == "bytes" else [meta["itos"][i] for i in range(meta["vocab_size"])]
+        except Exception as e:
+            fail(f"cannot read {meta_path} ({type(e).__name__}: {e}); it is not the vocabulary a prepare.py "
+                 f"writes: run its prepare.py again")
+    for split in ("train", "val", "test"):
+        path = os.path.join(data_dir, f"{split}.bin")
+        if split == "test" and not os.path.exists(path):
+            continue
+        size = os.path.getsize(path)
+        if size == 0 or size % 2:
+            fail(f"{split}.bin of {data_dir} is truncated ({size} bytes, not a positive multiple of the "
+                 f"2 bytes of a uint16 token id); run its prepare.py again")
+        if vocab and int(read_split(data_dir, split).max()) >= vocab_size(vocab):
+            fail(f"{split}.bin of {data_dir} has token ids beyond meta.pkl's {vocab_size(vocab)} tokens; "
+                 f"the files come from different runs: run its prepare.py again")
+    return data_dir, vocab
+
+
+def vocab_size(vocab):
+    """Ids the model needs: the characters, 256 bytes, or GPT-2's 50257 padded to a multiple of 64."""
+    return 256 if vocab == "bytes" else len(vocab) if vocab else 50304
+
+
+def read_split(data_dir, split):
+    """A split's token ids, memory-mapped (nothing is read until used)."""
+    return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+
+
+def data_fingerprint(data_dir):
+    """sha256 over the files that define the data (train.bin, val.bin, meta.pkl): a checkpoint
+    keeps it, so resume can refuse data prepared again from other text."""
+    digest = hashlib.sha256()
+    for name in ("train.bin", "val.bin", "meta.pkl"):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def get_batch(data, block_size, batch_size, generator, device):
+    """batch_size windows at offsets drawn by generator: inputs x and targets y = x shifted by one, (B, T) each."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if device.startswith("cuda"):
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """meta.pkl is nanoGPT's pickle; this reads its dicts, ints and strings but refuses any class or
+    function, so a crafted file cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, and only plain values are allowed")
