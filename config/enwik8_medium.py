@@ -1,4 +1,4 @@
-# The paper's enwik8 "medium" model (Tab. 1; Tabs. 4-6; Sec. 4.1): 8 layers x 352, 8 heads,
+# The paper's enwik8 "medium" model (Tab. 1, also in Tabs. 4-6): 8 layers x 352, 8 heads,
 # 16 experts top-2, recurrent router p = 128 (RMoE; --router=linear for SMoE), context 512,
 # batch 48, lr 7e-4 with 4000 warm-up steps, 80k steps (1.97B tokens), dropout 0.1, load-balance
 # weight 0.01, on enwik8 bytes (prepare with data/enwik8/prepare.py).

@@ -1,6 +1,6 @@
 # The paper's enwik8 "small" model (Tab. 4): the medium recipe of config/enwik8_medium.py at
 # 6 layers x 264, for 60k steps with 3000 warm-up steps. The paper does not spell this model out;
-# this is the shape its CompeteSMoE code base calls small, and it fits Tab. 4's sizes.
+# 6 x 264 is the small shape of the CompeteSMoE setup it follows, and it fits Tab. 4's sizes.
 # SwiGLU hidden 179 brings the non-embedding parameters nearest the paper's (ours 15.31M SMoE /
 # 15.60M RMoE, Tab. 4: 15.32M / 15.61M). Fig. 2's depth sweep is this model with --n_layer=12,
 # 18 or 24 (experiments/enwik8_depth*.py).
