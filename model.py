@@ -282,6 +282,11 @@ class GPT(nn.Module):
         """Total parameters (the tied embedding counted once)."""
         return sum(p.numel() for p in self.parameters())
 
+    def num_non_embedding_params(self):
+        """Parameters outside the embeddings, the model size the paper reports (Tabs. 1, 4, 6): all
+        but the token embedding (also the lm_head: they are tied) and the position embedding."""
+        return self.num_params() - self.wte.weight.numel() - self.wpe.weight.numel()
+
     def num_active_params(self):
         """Parameters one token uses: all but the experts it is not routed to."""
         c = self.config
