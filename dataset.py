@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 def load_dataset(name, master=True, ddp=False):
     """Finds data/<name> (or the folder name), preparing it on first use if it has a
     prepare.py. Returns the folder and the vocabulary (see above)."""
-    data_dir = name if os.path.isdir(name) else os.path.join(REPO, "data", name)
+    data_dir = dataset_dir(name)
     train_bin = os.path.join(data_dir, "train.bin")
     prepare = os.path.join(data_dir, "prepare.py")
     if not os.path.exists(train_bin) and os.path.exists(prepare) and master:
@@ -62,6 +62,41 @@ def load_dataset(name, master=True, ddp=False):
             fail(f"{split}.bin of {data_dir} has token ids beyond meta.pkl's {vocab_size(vocab)} tokens; "
                  f"the files come from different runs: run its prepare.py again")
     return data_dir, vocab
+
+
+def dataset_dir(name):
+    """The folder of a dataset: a path to a folder, or the name of one under data/."""
+    return name if os.path.isdir(name) else os.path.join(REPO, "data", name)
+
+
+def tokenizer(vocab, data_dir=None):
+    """(encode, decode) between text and ids for a vocabulary (see above). GPT-2 BPE reads the
+    encoder.json and vocab.bpe that data/shakespeare/prepare.py leaves in data_dir (no network),
+    else lets tiktoken fetch them. A character outside a character vocabulary is a one-line error."""
+    if vocab == "bytes":
+        return (lambda text: list(text.encode("utf-8"))), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    if vocab is None:
+        try:
+            if data_dir and os.path.exists(os.path.join(data_dir, "encoder.json")):
+                from gpt2_bpe import gpt2_encoding
+                enc = gpt2_encoding(data_dir)
+            else:
+                import tiktoken
+                enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:
+            fail(f"GPT-2 BPE needs encoder.json and vocab.bpe in the dataset folder (run data/shakespeare/"
+                 f"prepare.py) or tiktoken's download of them ({type(e).__name__}: {e})")
+        return (lambda text: enc.encode(text, allowed_special={"<|endoftext|>"})), enc.decode
+    stoi = {ch: i for i, ch in enumerate(vocab)}
+
+    def encode(text):
+        unknown = sorted(set(text) - stoi.keys())
+        if unknown:
+            fail(f"the prompt has characters outside the model's vocabulary: {''.join(unknown)!r}; "
+                 f"remove or replace them")
+        return [stoi[ch] for ch in text]
+
+    return encode, lambda ids: "".join(vocab[i] for i in ids)
 
 
 def vocab_size(vocab):
