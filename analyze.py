@@ -1,5 +1,6 @@
 """
-See how trained models route tokens, with the paper's analysis metrics (PAPER.md, "Analysis metrics").
+See how trained models route tokens, with the paper's analysis metrics (Qiu et al., ICLR 2025,
+App. A.4: gate entropy, the balance of Tab. 8, cross-layer MI, expert similarity).
 
     python analyze.py --ckpts=out-smoe-small,out-rmoe-small
     python analyze.py --ckpts=out-smoe-small,out-rmoe-small --plots=assets --json=routing.json
