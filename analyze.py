@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import fail, script_settings
+from configurator import fail, run_script, script_settings, setting_comments
 from model import MoE
 from router import (GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
                     routing_summary)
@@ -47,12 +47,13 @@ DEFAULTS = {
     "json": "",  # write every number to this file
     "plots": "",  # write PNG pictures into this folder (needs matplotlib)
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
+    "threads": 1,  # CPU threads for torch; 0 = its default (one per core); 1 is fastest on a busy machine
 }
 ENTROPY_BINS = 20  # histogram of gate entropy from 0 to ln E
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__)
+    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
     if cfg["split"] not in ("train", "val"):
         fail(f"split={cfg['split']!r} must be train or val")
     for key in ("tokens", "batch_size"):
@@ -303,4 +304,4 @@ def write_plots(reports, folder):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -1,7 +1,8 @@
 """The bad-input catalogue: every mistake a user can make with the scripts, one row each.
 
 Each row runs a script as a user would, in a folder holding a tiny dataset (data/) and
-a trained checkpoint (out/), after an optional setup step that plants the bad input.
+a trained checkpoint (out/), after an optional setup step that plants the bad input;
+{ws} in the arguments and the expected fragments stands for that folder.
 It must exit with one "error: ..." line that names the problem and the fix, and every
 file in the folder must be byte-identical afterwards: nothing already written is lost.
 """
@@ -17,6 +18,7 @@ import torch
 from conftest import TINY, assert_one_line_error, run, sample_text
 
 TRAIN, SAMPLE, PREPARE = "train.py", "sample.py", "data/shakespeare_char/prepare.py"
+ANALYZE, BENCH = "analyze.py", "bench.py"
 DATA, OUT = "--dataset={ws}/data", "--out_dir={ws}/out"  # the dataset, and the folder with the checkpoint
 NEW = "--out_dir={ws}/new"  # a fresh folder, so a scratch run gets past "a checkpoint is already there"
 
@@ -98,6 +100,38 @@ CASES = [
     case("ddp: accumulation not divisible", TRAIN, [DATA, NEW, "--gradient_accumulation_steps=3", "--device=cpu"],
          "gradient_accumulation_steps=3 is not divisible by the 2 processes", "make it a multiple of 2",
          env={"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}),  # what torchrun --nproc_per_node=2 sets
+    # ---- something else where a python config file is expected
+    case("checkpoint as a config file", TRAIN, ["{ws}/out/ckpt.pt"], "out/ckpt.pt is a checkpoint",
+         "give a checkpoint's folder as --out_dir={ws}/out"),
+    case("checkpoint as a sample config file", SAMPLE, ["{ws}/out/ckpt.pt"], "is a checkpoint",
+         "--out_dir={ws}/out"),
+    case("binary config file", TRAIN, [OUT, "{ws}/data/train.bin"], "train.bin is not a python config file",
+         "give a python config file such as config/rmoe_small.py"),
+    case("non-UTF-8 config file", SAMPLE, [OUT, "{ws}/latin1.py"], "not UTF-8 text: bad byte at offset 12",
+         "give a python config file", setup=write("latin1.py", "top_k = 'café'\n".encode("latin-1"))),
+    case("config file with NUL bytes", ANALYZE, ["{ws}/nul.py"], "nul.py is not a python config file (it holds "
+         "binary data)", "give a python config file", setup=write("nul.py", b"tokens = 5\x00\x00\n")),
+    case("text file as a config file", TRAIN, [OUT, "{ws}/prompt.txt"], "(its name does not end in .py)",
+         "give a python config file", setup=write("prompt.txt", "ROMEO:\n")),
+    case("folder as a config file", SAMPLE, ["{ws}/out"], "out is a folder, not a config file",
+         "goes in --out_dir={ws}/out"),
+    case("empty argument", TRAIN, [OUT, ""], "an empty argument '' is not a config file", "give a python config"),
+    # ---- non-finite or degenerate values, from a config file as from the command line
+    case("nan temperature in a config file", SAMPLE, [OUT, "{ws}/c.py"], "temperature=nan is not a finite number",
+         "give a number such as the default 0.8", setup=write("c.py", 'temperature = float("nan")\n')),
+    case("inf temperature on the command line", SAMPLE, [OUT, "--temperature=1e999"],
+         "temperature=inf is not a finite number", "give a number"),
+    case("top_k 0 in a sample config file", SAMPLE, [OUT, "{ws}/c.py"], "top_k=0", "must be at least 1",
+         setup=write("c.py", "top_k = 0\n")),
+    case("threads below 0", SAMPLE, [OUT, "--threads=-1"], "threads=-1", "must be 0 (torch's default) or more"),
+    case("nan learning rate in a config file", TRAIN, [OUT, "{ws}/c.py"], "learning_rate=nan is not a finite",
+         "give a number", setup=write("c.py", 'learning_rate = float("nan")\n')),
+    case("inf in bench's config", BENCH, ["--config={ws}/c.py"], "lb_loss_coef=inf is not a finite number",
+         "give a number", setup=write("c.py", 'lb_loss_coef = float("inf")\n')),
+    case("batch_size 0 in bench's config", BENCH, ["--config={ws}/c.py"], "batch_size=0", "must be at least 1",
+         setup=write("c.py", "batch_size = 0\n")),
+    case("dense config for bench", BENCH, ["--config=config/dense_small.py"], "is dense (n_experts=0)",
+         "give an RMoE config"),
     # ---- data
     case("dataset not prepared", TRAIN, ["--dataset={ws}/raw", NEW], "no train.bin and val.bin",
          "prepare it with a data/*/prepare.py script", setup=write("raw/my.txt", "some text\n")),
@@ -185,7 +219,7 @@ def test_bad_input_is_a_one_line_error_that_changes_no_file(workspace, script, a
         setup(workspace)
     before = snapshot(workspace)
     result = run(script, *(arg.format(ws=workspace) for arg in args), env=env)
-    assert_one_line_error(result, problem, fix)
+    assert_one_line_error(result, problem.format(ws=workspace), fix.format(ws=workspace))
     assert snapshot(workspace) == before
 
 
