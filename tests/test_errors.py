@@ -80,6 +80,43 @@ def case(name, script, args, problem, fix, setup=None, env=None):
     return pytest.param(script, args, problem, fix, setup, env, id=name)
 
 
+def without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+# (name, change of the checkpoint dict, what the error says): each loads, and each is damaged
+HALF_VALID = [
+    ("model_config lacks a key", lambda c: {**c, "model_config": without(c["model_config"], "router")},
+     "model_config has other keys than this model.py's GPTConfig (router)"),
+    ("model_config has an unknown key", lambda c: {**c, "model_config": {**c["model_config"], "n_hidden": 3}},
+     "model_config has other keys than this model.py's GPTConfig (n_hidden)"),
+    ("model_config value of the wrong type", lambda c: {**c, "model_config": {**c["model_config"], "n_layer": "2"}},
+     "model_config has n_layer='2', not int"),
+    ("vocabulary shorter than vocab_size", lambda c: {**c, "vocab": c["vocab"][:-1]},
+     "but the model's vocab_size is"),
+    ("vocabulary of numbers", lambda c: {**c, "vocab": list(range(len(c["vocab"])))},
+     "the vocabulary is neither a list of characters, 'bytes' nor None"),
+    ("byte vocabulary for a small model", lambda c: {**c, "vocab": "bytes"},
+     "smaller than the 256 tokens of its bytes vocabulary"),
+    ("GPT-2 BPE for a small model", lambda c: {**c, "vocab": None}, "smaller than the 50257 tokens of its GPT-2 BPE"),
+    ("model state of numbers", lambda c: {**c, "model": {name: 0 for name in c["model"]}},
+     "the model state is not a dict of named tensors"),
+]
+HALF_VALID_TRAINING_STATE = [
+    ("optimizer without param_groups", lambda c: {**c, "optimizer": without(c["optimizer"], "param_groups")},
+     "the optimizer state lacks its param_groups"),
+    ("optimizer state of unknown parameters",
+     lambda c: {**c, "optimizer": {**c["optimizer"], "state": {999: {}, **c["optimizer"]["state"]}}},
+     "names parameters its param_groups do not have"),
+    ("empty rng list", lambda c: {**c, "rng": []}, "the RNG state is not a non-empty list"),
+    ("rng without the cpu state", lambda c: {**c, "rng": [{}]}, "the RNG state is not a non-empty list"),
+    ("iter_num not an int", lambda c: {**c, "iter_num": "2"}, "iter_num='2' is not a step number"),
+    ("negative iter_num", lambda c: {**c, "iter_num": -1}, "iter_num=-1 is not a step number"),
+    ("best_val_loss missing a value", lambda c: {**c, "best_val_loss": None}, "best_val_loss=None is not a float"),
+    ("train_config of lists", lambda c: {**c, "train_config": {**c["train_config"], "max_iters": [4]}},
+     "train_config is not a dict of plain settings"),
+]
+
 CASES = [
     # ---- configuration; train.py checks it before looking at out/, which holds a checkpoint
     case("unknown key", TRAIN, [OUT, "--learning_rat=1"], "unknown key 'learning_rat'", "did you mean learning_rate"),
@@ -182,6 +219,11 @@ CASES = [
          setup=pickled_payload(torch.save, "out/ckpt.pt")),
     case("checkpoint of another shape", SAMPLE, [OUT], "does not fit this version of model.py", "retrain it",
          setup=change_checkpoint(lambda c: {**c, "model_config": {**c["model_config"], "n_layer": 3}})),
+    # ---- checkpoints that load but are half valid: checked once, where checkpoints are read
+    *[case(f"sample: {name}", SAMPLE, [OUT], problem, "retrain or restore it", setup=change_checkpoint(change))
+      for name, change, problem in HALF_VALID],
+    *[case(f"resume: {name}", TRAIN, [OUT, "--init_from=resume", "--max_iters=4"], problem, "retrain or restore it",
+           setup=change_checkpoint(change)) for name, change, problem in HALF_VALID + HALF_VALID_TRAINING_STATE],
     case("resume with conflicting settings", TRAIN, [DATA, OUT, *TINY, "--n_layer=3", "--init_from=resume"],
          "n_layer=3 (checkpoint: 2)", "drop them to resume"),
     case("resume before the checkpoint", TRAIN, [OUT, "--init_from=resume", "--max_iters=1"],
