@@ -1,8 +1,9 @@
 """
-See how trained models route tokens, with the paper's analysis metrics (PAPER.md, "Analysis metrics").
+See how trained models route tokens, with the paper's analysis metrics (Qiu et al., ICLR 2025,
+App. A.4: gate entropy, the balance of Tab. 8, cross-layer MI, expert similarity).
 
     python analyze.py --ckpts=out-smoe-small,out-rmoe-small
-    python analyze.py --ckpts=out-smoe-small,out-rmoe-small --plots=assets --json=routing.json
+    python analyze.py --ckpts=out-smoe-small,out-rmoe-small --plots=out-analysis --json=out-analysis/routing.json
 
 Each checkpoint (a train.py out_dir) reads the same windows of block_size tokens,
 spread evenly over a split of its dataset, and the models are shown side by side,
@@ -21,17 +22,19 @@ per MoE layer:
 The metrics themselves live in router.py, where train.py's eval log uses them too.
 """
 
+import io
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import fail, script_settings
+from checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+from configurator import fail, run_script, script_settings, setting_comments
 from model import MoE
 from router import (GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
                     routing_summary)
@@ -46,12 +49,15 @@ DEFAULTS = {
     "json": "",  # write every number to this file
     "plots": "",  # write PNG pictures into this folder (needs matplotlib)
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
+    "threads": 1,  # CPU threads for torch; 0 = its default (one per core); 1 is fastest on a busy machine
 }
+REPO = os.path.dirname(os.path.abspath(__file__))
 ENTROPY_BINS = 20  # histogram of gate entropy from 0 to ln E
+PLOTS = ("expert_load.png", "gate_entropy.png", "gate_mi.png", "top1_mi.png")  # what --plots writes
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__)
+    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
     if cfg["split"] not in ("train", "val"):
         fail(f"split={cfg['split']!r} must be train or val")
     for key in ("tokens", "batch_size"):
@@ -63,10 +69,16 @@ def main(argv):
         fail(f"ckpts={cfg['ckpts']!r} must name one or more checkpoint folders with different names")
 
     reports = {}
+    outputs = (([cfg["json"]] if cfg["json"] else [])
+               + ([os.path.join(cfg["plots"], name) for name in PLOTS] if cfg["plots"] else []))
+    for path in outputs:  # checked before the models run: a README command must not change the repository
+        if tracked_by_git(path):
+            fail(f"{path} is a file of the repository (tracked by git); write into another folder, "
+                 f"such as --plots=out-analysis or --json=out-analysis/routing.json")
     for name, folder in zip(names, folders):
         path = os.path.join(folder, "ckpt.pt")
         try:
-            ckpt = load_checkpoint(path, device)
+            ckpt = load_checkpoint(path, device, setting="ckpts")
             model = model_from_checkpoint(ckpt, path)
         except ValueError as e:
             fail(e)
@@ -87,10 +99,13 @@ def main(argv):
     print(format_report(reports))
     if cfg["json"]:
         try:
-            with open(cfg["json"], "w") as f:
-                json.dump({"split": cfg["split"], "models": reports}, f, indent=1)
+            os.makedirs(os.path.dirname(cfg["json"]) or ".", exist_ok=True)
+            atomic_write(cfg["json"], json.dumps({"split": cfg["split"], "models": reports}, indent=1).encode(),
+                         "JSON")
         except OSError as e:
-            fail(f"cannot write {cfg['json']}: {e.strerror}; pick another --json")
+            fail(f"cannot create the folder of {cfg['json']}: {e.strerror}; pick another --json")
+        except ValueError as e:
+            fail(f"{e}, or pick another --json")
         print(f"wrote {cfg['json']}")
     if cfg["plots"]:
         write_plots(reports, cfg["plots"])
@@ -263,6 +278,13 @@ def write_plots(reports, folder):
         fail(f"cannot create {folder}: {e.strerror}; pick another --plots")
     names, models = list(reports), list(reports.values())
     titles = [f"{n} ({m['router']})" for n, m in zip(names, models)]
+    pictures = {}  # file name -> PNG bytes
+
+    def png(fig):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        plt.close(fig)
+        return buffer.getvalue()
 
     def heat_maps(mats, cbar, xlabel, ylabel, filename):
         vmax = max(a.max() for a in mats)  # one colour scale for all models
@@ -275,8 +297,7 @@ def write_plots(reports, folder):
                         color="white" if v < 0.6 * vmax else "black")
             ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xticks=range(a.shape[1]), yticks=range(a.shape[0]))
         fig.colorbar(im, ax=axes[0].tolist(), label=cbar)
-        fig.savefig(os.path.join(folder, filename), dpi=100)
-        plt.close(fig)
+        pictures[filename] = png(fig)
 
     heat_maps([np.array([layer["load"] for layer in m["layers"]]) for m in models], "share of token-slots",
               "expert", "layer", "expert_load.png")
@@ -296,10 +317,24 @@ def write_plots(reports, folder):
         ax.set(title=f"layer {i}", xlabel="gate entropy (nats)")
     axes[0][0].set_ylabel("share of tokens")
     axes[0][-1].legend(fontsize=7)
-    fig.savefig(os.path.join(folder, "gate_entropy.png"), dpi=100)
-    plt.close(fig)
-    print(f"wrote expert_load.png, gate_entropy.png, gate_mi.png and top1_mi.png to {folder}")
+    pictures["gate_entropy.png"] = png(fig)
+    for filename in PLOTS:  # all drawn before any is written: a failed drawing replaces no picture
+        try:
+            atomic_write(os.path.join(folder, filename), pictures[filename], "picture")
+        except ValueError as e:
+            fail(f"{e}, or pick another --plots")
+    print(f"wrote {', '.join(PLOTS)} to {folder}")
+
+
+def tracked_by_git(path):
+    """Whether git tracks path in this repository (False without git or outside a git checkout)."""
+    try:
+        result = subprocess.run(["git", "-C", REPO, "ls-files", "--error-unmatch", os.path.abspath(path)],
+                                capture_output=True)
+    except OSError:
+        return False
+    return result.returncode == 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

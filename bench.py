@@ -25,36 +25,38 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
-from configurator import ConfigError, fail, parse_args, script_settings
+from configurator import ConfigError, fail, parse_args, run_script, script_settings, setting_comments
 from model import GPT, MLP, CausalSelfAttention, GPTConfig, MoE, compile_moe
 from router import LinearRouter, RecurrentRouter, RouterCore
-from train import MODEL_KEYS, default_settings
+from train import MODEL_KEYS, TrainConfig, default_settings
 
 DEFAULTS = {
     "config": "config/rmoe_small.py",  # the RMoE training config whose shapes are timed
-    "rows": "layer,step,sample,profile",
-    "device": "auto",
+    "rows": "layer,step,sample,profile",  # which rows to time, comma-separated (see above)
+    "device": "auto",  # auto | cpu | cuda | cuda:N | mps
     "dtype": "float32",  # float32 | bfloat16 (autocast, as train.py does)
     "rounds": 20,  # timed rounds per ratio (a third of them for sampling, which is slow)
     "uniform": False,  # force an even expert load
     "compile": False,  # torch.compile the models of the step row
-    "sample_tokens": 500,
+    "sample_tokens": 500,  # tokens generated per timing of the sample row
     "vocab_size": 84,  # shakespeare_char's vocabulary
-    "seed": 1337,
+    "seed": 1337,  # seed of the random weights and inputs
 }
 ROWS = ("layer", "step", "sample", "profile")
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__)
+    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
     try:
         settings, _ = parse_args(default_settings(), [cfg["config"]], "")
-    except ConfigError as e:
+        TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})  # train.py's checks
+    except (ConfigError, ValueError) as e:
         fail(e)
     rows = cfg["rows"].split(",")
     if not set(rows) <= set(ROWS):
@@ -67,8 +69,12 @@ def main(argv):
     model_settings = {k: settings[k] for k in MODEL_KEYS}
     try:
         rmoe = GPTConfig(**model_settings, vocab_size=cfg["vocab_size"])
+        if not rmoe.is_moe:
+            raise ValueError(f"{cfg['config']} is dense (n_experts=0); give an RMoE config (n_experts > 0, "
+                             f"router gru or rnn) such as config/rmoe_small.py")
         if not rmoe.is_recurrent:
-            raise ValueError(f"{cfg['config']} has router={rmoe.router!r}; give an RMoE config (router gru or rnn)")
+            raise ValueError(f"{cfg['config']} has router={rmoe.router!r}; give an RMoE config (router gru or rnn) "
+                             f"such as config/rmoe_small.py")
     except ValueError as e:
         fail(e)
     smoe = GPTConfig(**{**model_settings, "router": "linear", "router_passing": "full",
@@ -267,4 +273,4 @@ def label(module, name):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

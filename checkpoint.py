@@ -1,19 +1,23 @@
 """
-What a run keeps in its out_dir: the checkpoint, the record, and a lock.
+What a run keeps in its out_dir: the checkpoint, the record (log.jsonl), and a lock.
 
-Checkpoints: written atomically, read with weights_only=True, turned back into the exact model.
+Checkpoints: written atomically, read with weights_only=True and checked once, turned back into
+the exact model. atomic_write() here writes every file the project writes.
 
 A checkpoint is a dict of tensors and plain python values: the model and
 optimizer state, the full model config (so resume and sample rebuild the very
-same model), the training config, the character vocabulary (None for GPT-2
-BPE), the step, the best validation loss and the RNG state.
+same model), the training config, the vocabulary (a list of characters,
+"bytes" for a byte-level dataset, None for GPT-2 BPE), the step, the best
+validation loss and the RNG state.
 """
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import zipfile
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
@@ -26,39 +30,43 @@ except ImportError:
     fcntl = None
 
 
-def save_checkpoint(ckpt, path):
-    """Write atomically (see atomic_write). A failed write is a one-line ValueError."""
-    buffer = io.BytesIO()  # serialised in memory first, so a full disk is the OS's clear OSError
-    torch.save(ckpt, buffer)
-    try:
-        atomic_write(path, buffer.getbuffer())
-    except OSError as e:
-        kept = (f"the previous {path} is intact; free disk space or fix the folder's permissions, then resume "
-                f"with --init_from=resume" if os.path.exists(path) else
-                "no checkpoint was written; free disk space or fix the folder's permissions, then start again")
-        raise ValueError(f"cannot write checkpoint {path} ({e.strerror or e}); {kept}") from None
-
-
-def atomic_write(path, data):
-    """Write to a temporary file beside path, then rename over it: a crash or a failed write (disk
-    full) leaves the previous file whole and no temporary file behind. Raises the OSError."""
-    tmp = path + ".tmp"
+def atomic_write(path, data, what="file"):
+    """Write the bytes to a temporary file beside path, then rename it over path: a crash or a
+    failed write (disk full, a read-only folder) leaves the previous file whole. Every file the
+    project writes goes through here; a failed write is a one-line ValueError that says so."""
+    tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
+    except OSError as e:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
-        raise
+        kept = f"the previous {path} is intact" if os.path.exists(path) else f"no {what} was written"
+        raise ValueError(f"cannot write {what} {path} ({e.strerror or e}); {kept}; free disk space "
+                         f"or fix the folder's permissions") from None
 
 
-def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint without unpickling arbitrary objects; any problem is a one-line ValueError."""
+def save_checkpoint(ckpt, path):
+    """atomic_write the checkpoint; a failed write is a one-line ValueError that says how to go on."""
+    # serialised in memory first, so a full disk is the OS's clear OSError, not torch's zip-writer error
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    try:
+        atomic_write(path, buffer.getbuffer(), "checkpoint")
+    except ValueError as e:
+        then = "resume with --init_from=resume" if os.path.exists(path) else "run again"
+        raise ValueError(f"{e}, then {then}") from None
+
+
+def load_checkpoint(path, device="cpu", for_resume=False, setting="out_dir"):
+    """Read a checkpoint without unpickling arbitrary objects and check its structure, with what
+    resuming needs besides for_resume; any problem is a one-line ValueError. setting is the
+    script's setting that names the checkpoint's folder, for the messages."""
     if not os.path.exists(path):
-        raise ValueError(f"no checkpoint at {path}; train one first or point --out_dir at its folder")
+        raise ValueError(f"no checkpoint at {path}; train one first or point --{setting} at its folder")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has lost its index
         raise ValueError(f"{path} is not a checkpoint (not a whole torch.save archive: truncated or another "
                          f"kind of file); retrain or restore it")
@@ -73,8 +81,63 @@ def load_checkpoint(path, device="cpu"):
     if not (isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
             and isinstance(ckpt.get("model_config"), dict)):
         raise ValueError(f"{path} is not an rmoe checkpoint (no model/model_config inside); "
-                         f"point --out_dir at a folder train.py wrote")
+                         f"point --{setting} at a folder train.py wrote")
+    if for_resume:
+        missing = {"optimizer", "iter_num", "best_val_loss", "rng", "train_config"} - ckpt.keys()
+        if missing:
+            raise ValueError(f"{path} has no training state ({', '.join(sorted(missing))}), so it cannot be "
+                             f"resumed; sample from it, or train a new model")
+    problem = structure_problem(ckpt, for_resume)
+    if problem:
+        raise ValueError(f"{path} is damaged: {problem}; retrain or restore it")
     return ckpt
+
+
+def structure_problem(ckpt, for_resume):
+    """What is wrong with the parts of a loaded checkpoint that train.py, sample.py and analyze.py
+    read (with the training state if for_resume), or None."""
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        return "the model state is not a dict of named tensors"
+    config, defaults = ckpt["model_config"], asdict(GPTConfig())
+    if config.keys() != defaults.keys():
+        wrong = sorted(config.keys() ^ defaults.keys(), key=str)
+        return f"model_config has other keys than this model.py's GPTConfig ({', '.join(map(str, wrong))})"
+    for key, default in defaults.items():
+        if not (type(config[key]) is type(default) or type(default) is float and type(config[key]) is int):
+            return f"model_config has {key}={config[key]!r}, not {type(default).__name__} like GPTConfig's"
+    vocab, vocab_size = ckpt.get("vocab"), config["vocab_size"]
+    if vocab == "bytes" or vocab is None:
+        least = 256 if vocab == "bytes" else 50257  # a byte-level dataset, or GPT-2 BPE
+        if vocab_size < least:
+            return (f"vocab_size={vocab_size} is smaller than the {least} tokens of its "
+                    f"{vocab or 'GPT-2 BPE'} vocabulary")
+    elif not (isinstance(vocab, list) and all(isinstance(ch, str) for ch in vocab)):
+        return "the vocabulary is neither a list of characters, 'bytes' nor None"
+    elif len(vocab) != vocab_size:
+        return f"its vocabulary has {len(vocab)} characters but the model's vocab_size is {vocab_size}"
+    if not for_resume:
+        return None
+    iter_num, best = ckpt["iter_num"], ckpt["best_val_loss"]
+    if type(iter_num) is not int or iter_num < 0:
+        return f"iter_num={iter_num!r} is not a step number"
+    if type(best) is not float:
+        return f"best_val_loss={best!r} is not a float"
+    if not (isinstance(ckpt["train_config"], dict) and all(
+            isinstance(k, str) and type(v) in (int, float, str, bool) for k, v in ckpt["train_config"].items())):
+        return "train_config is not a dict of plain settings"
+    rng = ckpt["rng"]
+    if not (isinstance(rng, list) and rng and all(isinstance(r, dict) and isinstance(r.get("cpu"), torch.Tensor)
+                                                  and r["cpu"].dtype == torch.uint8 for r in rng)):
+        return "the RNG state is not a non-empty list of per-process states"
+    optimizer = ckpt["optimizer"]
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(groups, list) and groups and all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+            and isinstance(optimizer.get("state"), dict)):
+        return "the optimizer state lacks its param_groups or state"
+    if not optimizer["state"].keys() <= {i for g in groups for i in g["params"]}:
+        return "the optimizer state names parameters its param_groups do not have"
+    return None
 
 
 def model_from_checkpoint(ckpt, path):

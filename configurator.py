@@ -11,14 +11,24 @@ first, then the overrides, wherever they stand on the command line. Every key
 must already have a default (an unknown key names the closest valid ones), and
 the type of a new value must match the default's (an int may stand for a float).
 
-Also here: fail(), the one-line exit for bad input, pick_device(), and
-script_settings() for the scripts that only read settings and a device.
+A float setting must be finite, wherever its value comes from. --help prints every
+setting with its value and what it means; the meanings are the trailing comments of the
+defaults in the source, read by setting_comments(), so they are written once.
+
+Also here: fail(), the one-line exit for bad input, pick_device(), set_threads(),
+script_settings() for the scripts that only read settings and a device, and run_script().
 """
 
 import ast
 import difflib
+import inspect
+import io
+import math
+import os
 import re
 import sys
+import tokenize
+import zipfile
 
 import torch
 
@@ -27,10 +37,11 @@ class ConfigError(Exception):
     """A bad config file or override; the message is one line for the user."""
 
 
-def parse_args(defaults, argv, usage):
+def parse_args(defaults, argv, usage, help=None):
     """Returns (config dict, set of keys the user set): the defaults, then every config file,
     then every --key=value, whatever their order on the command line. --help prints the
-    settings as they stand after the config files, and exits."""
+    usage, then each setting as it stands after the config files with its meaning from the
+    help dict (key -> text; see setting_comments), and exits."""
     config = dict(defaults)
     explicit = set()
     files = [arg for arg in argv if not arg.startswith("-")]
@@ -43,6 +54,8 @@ def parse_args(defaults, argv, usage):
             width = max(map(len, config))
             for key, value in config.items():
                 print(f"  --{key:<{width}} = {value!r}")
+                if (help or {}).get(key):
+                    print(f"      {help[key]}")
             sys.exit(0)
     for arg in argv:
         if arg in files:
@@ -58,17 +71,38 @@ def parse_args(defaults, argv, usage):
 
 
 def _read_config_file(path):
+    """The settings a python config file assigns; anything else given in its place (a folder, a
+    checkpoint, a binary or non-UTF-8 file, a file not named .py) is a ConfigError."""
+    fix = "give a python config file such as config/rmoe_small.py, and settings as --key=value"
+    if not path.strip():
+        raise ConfigError(f"an empty argument {path!r} is not a config file; {fix}")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder, not a config file; {fix} (a checkpoint's folder "
+                          f"goes in --out_dir={path})")
     try:
-        with open(path) as f:
-            source = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path!r}: {e.strerror}; check the path "
                           f"(configs live in config/)") from None
+    if zipfile.is_zipfile(io.BytesIO(data)):  # torch.save writes zip archives
+        raise ConfigError(f"{path} is a checkpoint or another archive, not a config file; give a "
+                          f"checkpoint's folder as --out_dir={os.path.dirname(path) or '.'}")
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a python config file (not UTF-8 text: bad byte at offset "
+                          f"{e.start}); {fix}") from None
+    if "\0" in source:
+        raise ConfigError(f"{path} is not a python config file (it holds binary data); {fix}")
+    if not path.endswith(".py"):
+        raise ConfigError(f"{path} is not a python config file (its name does not end in .py); {fix}")
     names = {}
     try:
         exec(compile(source, path, "exec"), {}, names)
     except Exception as e:
-        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {e}; fix that file") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"config file {path} failed: {type(e).__name__}: {first}; fix that file") from None
     # names starting with _, imported modules, functions and classes are helpers, not settings
     return {k: v for k, v in names.items()
             if not k.startswith("_") and not isinstance(v, type(sys)) and not callable(v)}
@@ -92,17 +126,64 @@ def _set(config, explicit, key, value, where):
     if type(value) is not type(default):
         raise ConfigError(f"{where}: {key} must be {type(default).__name__} like the default "
                           f"{default!r}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key}={value} is not a finite number; give a number such as "
+                          f"the default {default!r}")
     config[key] = value
     explicit.add(key)
 
 
-def script_settings(defaults, argv, usage):
-    """(settings, device) for sample.py, analyze.py and bench.py; a bad setting exits with one line."""
+def setting_comments(source, name=None):
+    """{setting: meaning} from the trailing comments of the defaults in the source: the fields of
+    a class (a dataclass such as TrainConfig), or, with name, the entries of the dict literal
+    assigned to that name in a module (such as sample.DEFAULTS). A setting without a trailing
+    comment is left out. The comment of a setting is the one on the line where it ends."""
+    text = inspect.getsource(source)
+    comments = {token.start[0]: token.string.lstrip("#").strip()
+                for token in tokenize.generate_tokens(io.StringIO(text).readline)
+                if token.type == tokenize.COMMENT}
+    tree = ast.parse(text)
+    if name is None:
+        entries = [(node.target.id, node) for node in tree.body[0].body
+                   if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    else:
+        found = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)]
+        entries = [(key.value, value) for key, value in zip(found[0].keys, found[0].values)]
+    return {key: comments[node.end_lineno] for key, node in entries if node.end_lineno in comments}
+
+
+def set_threads(threads):
+    """Use this many CPU threads in torch (0 keeps torch's default, one per core, or
+    OMP_NUM_THREADS). On a machine other programs share, one thread samples a small model
+    about twice as fast as two (see README, "When things go wrong")."""
+    if threads < 0:
+        raise ConfigError(f"threads={threads} must be 0 (torch's default) or more")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def script_settings(defaults, argv, usage, help=None):
+    """(settings, device) for sample.py, analyze.py and bench.py, with torch set to the
+    settings' threads if they have that key; a bad setting exits with one line."""
     try:
-        cfg, _ = parse_args(defaults, argv, usage)
+        cfg, _ = parse_args(defaults, argv, usage, help)
+        if "threads" in cfg:
+            set_threads(cfg["threads"])
         return cfg, pick_device(cfg["device"])
     except ConfigError as e:
         fail(e)
+
+
+def run_script(main, argv):
+    """main(argv), but output piped into a reader that stops early (| head) ends the script
+    quietly, as SIGPIPE ends a Unix tool: exit code 141, no traceback."""
+    try:
+        main(argv)
+        sys.stdout.flush()  # inside the try: what is still buffered can meet the closed pipe too
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush goes nowhere
+        sys.exit(141)
 
 
 def fail(message):

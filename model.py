@@ -28,12 +28,12 @@ ROUTER_PASSING = ("full", "none", "detach")
 class GPTConfig:
     block_size: int = 128  # context length in tokens
     vocab_size: int = 50304  # set from the dataset by train.py
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
+    n_layer: int = 4  # transformer blocks, each with an MoE layer (or a dense MLP)
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # width of the residual stream (h in the paper)
+    dropout: float = 0.0  # dropout probability in attention and feed-forward outputs, 0 = off
     # feed-forward: Mixture-of-Experts in every block, or a dense MLP when n_experts = 0
-    n_experts: int = 8
+    n_experts: int = 8  # experts per MoE layer (N in the paper); 0 = a dense MLP instead
     top_k: int = 2  # experts per token
     mlp_hidden: int = 256  # hidden width of each expert's SwiGLU MLP (of the dense MLP when n_experts = 0)
     norm_topk: bool = True  # renormalise the k gate weights to sum to 1

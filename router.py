@@ -208,7 +208,7 @@ def aux_losses(routing):
 
 
 # -----------------------------------------------------------------------------
-# routing statistics: the paper's analysis metrics (PAPER.md, "Analysis metrics") as
+# routing statistics: the paper's analysis metrics (its Tab. 8 and App. A.4) as
 # pure functions of routing tensors. train.py logs routing_summary at eval; analyze.py
 # reports all of them.
 

@@ -24,25 +24,26 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import fail, script_settings
+from configurator import fail, run_script, script_settings, setting_comments
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
     "start": "\n",  # the prompt, or FILE:path to read it from a file
-    "num_samples": 3,
-    "max_new_tokens": 500,
+    "num_samples": 3,  # how many texts to generate, each from the same prompt
+    "max_new_tokens": 500,  # tokens (characters) to add to the prompt in each sample
     "temperature": 0.8,  # 1.0 samples the model's distribution, < 1 sharper, 0 greedy (argmax)
     "top_k": 200,  # sample only among the k likeliest tokens
-    "seed": 1337,
+    "seed": 1337,  # random seed of the sampling; the same seed gives the same texts
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
     "trace": False,  # show which experts each token went to in each MoE layer
     "trace_layer": 0,  # in a terminal, colour the text by this layer's top-1 expert
     "trace_topk": False,  # show all top_k experts of each token, not only the first
+    "threads": 1,  # CPU threads for torch; 0 = its default (one per core); 1 is fastest on a busy machine
 }
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__)
+    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
     if cfg["temperature"] < 0:
         fail(f"temperature={cfg['temperature']} must be >= 0 (0 is greedy)")
     for key, least in (("top_k", 1), ("num_samples", 1), ("max_new_tokens", 0), ("seed", 0)):
@@ -145,4 +146,4 @@ def tokenizer(vocab):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_script(main, sys.argv[1:])

@@ -260,7 +260,10 @@ def test_analyze_shows_models_side_by_side(tiny_data, tmp_path, capsys):
     (["--split=test"], "split='test' must be train or val"),
     (["--tokens=0"], "tokens=0 must be at least 1"),
     (["--ckpts=a/x,b/x"], "must name one or more checkpoint folders with different names"),
-    (["--ckpts=nowhere"], "no checkpoint at nowhere/ckpt.pt"),
+    (["--ckpts=nowhere"], "no checkpoint at nowhere/ckpt.pt; train one first or point --ckpts at its folder"),
+    (["--plots=assets"], "assets/expert_load.png is a file of the repository (tracked by git); write into another "
+                         "folder, such as --plots=out-analysis"),
+    (["--json=README.md"], "README.md is a file of the repository"),
 ])
 def test_analyze_bad_input_is_one_line_error(args, message):
     with pytest.raises(SystemExit, match=f"^error: .*{re.escape(message)}[^\n]*$"):

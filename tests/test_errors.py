@@ -1,7 +1,8 @@
 """The bad-input catalogue: every mistake a user can make with the scripts, one row each.
 
 Each row runs a script as a user would, in a folder holding a tiny dataset (data/) and
-a trained checkpoint (out/), after an optional setup step that plants the bad input.
+a trained checkpoint (out/), after an optional setup step that plants the bad input;
+{ws} in the arguments and the expected fragments stands for that folder.
 It must exit with one "error: ..." line that names the problem and the fix, and every
 file in the folder must be byte-identical afterwards: nothing already written is lost.
 """
@@ -17,6 +18,7 @@ import torch
 from conftest import TINY, assert_one_line_error, run, sample_text
 
 TRAIN, SAMPLE, PREPARE = "train.py", "sample.py", "data/shakespeare_char/prepare.py"
+ANALYZE, BENCH = "analyze.py", "bench.py"
 DATA, OUT = "--dataset={ws}/data", "--out_dir={ws}/out"  # the dataset, and the folder with the checkpoint
 NEW = "--out_dir={ws}/new"  # a fresh folder, so a scratch run gets past "a checkpoint is already there"
 
@@ -78,6 +80,43 @@ def case(name, script, args, problem, fix, setup=None, env=None):
     return pytest.param(script, args, problem, fix, setup, env, id=name)
 
 
+def without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+# (name, change of the checkpoint dict, what the error says): each loads, and each is damaged
+HALF_VALID = [
+    ("model_config lacks a key", lambda c: {**c, "model_config": without(c["model_config"], "router")},
+     "model_config has other keys than this model.py's GPTConfig (router)"),
+    ("model_config has an unknown key", lambda c: {**c, "model_config": {**c["model_config"], "n_hidden": 3}},
+     "model_config has other keys than this model.py's GPTConfig (n_hidden)"),
+    ("model_config value of the wrong type", lambda c: {**c, "model_config": {**c["model_config"], "n_layer": "2"}},
+     "model_config has n_layer='2', not int"),
+    ("vocabulary shorter than vocab_size", lambda c: {**c, "vocab": c["vocab"][:-1]},
+     "but the model's vocab_size is"),
+    ("vocabulary of numbers", lambda c: {**c, "vocab": list(range(len(c["vocab"])))},
+     "the vocabulary is neither a list of characters, 'bytes' nor None"),
+    ("byte vocabulary for a small model", lambda c: {**c, "vocab": "bytes"},
+     "smaller than the 256 tokens of its bytes vocabulary"),
+    ("GPT-2 BPE for a small model", lambda c: {**c, "vocab": None}, "smaller than the 50257 tokens of its GPT-2 BPE"),
+    ("model state of numbers", lambda c: {**c, "model": {name: 0 for name in c["model"]}},
+     "the model state is not a dict of named tensors"),
+]
+HALF_VALID_TRAINING_STATE = [
+    ("optimizer without param_groups", lambda c: {**c, "optimizer": without(c["optimizer"], "param_groups")},
+     "the optimizer state lacks its param_groups"),
+    ("optimizer state of unknown parameters",
+     lambda c: {**c, "optimizer": {**c["optimizer"], "state": {999: {}, **c["optimizer"]["state"]}}},
+     "names parameters its param_groups do not have"),
+    ("empty rng list", lambda c: {**c, "rng": []}, "the RNG state is not a non-empty list"),
+    ("rng without the cpu state", lambda c: {**c, "rng": [{}]}, "the RNG state is not a non-empty list"),
+    ("iter_num not an int", lambda c: {**c, "iter_num": "2"}, "iter_num='2' is not a step number"),
+    ("negative iter_num", lambda c: {**c, "iter_num": -1}, "iter_num=-1 is not a step number"),
+    ("best_val_loss missing a value", lambda c: {**c, "best_val_loss": None}, "best_val_loss=None is not a float"),
+    ("train_config of lists", lambda c: {**c, "train_config": {**c["train_config"], "max_iters": [4]}},
+     "train_config is not a dict of plain settings"),
+]
+
 CASES = [
     # ---- configuration; train.py checks it before looking at out/, which holds a checkpoint
     case("unknown key", TRAIN, [OUT, "--learning_rat=1"], "unknown key 'learning_rat'", "did you mean learning_rate"),
@@ -98,6 +137,38 @@ CASES = [
     case("ddp: accumulation not divisible", TRAIN, [DATA, NEW, "--gradient_accumulation_steps=3", "--device=cpu"],
          "gradient_accumulation_steps=3 is not divisible by the 2 processes", "make it a multiple of 2",
          env={"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}),  # what torchrun --nproc_per_node=2 sets
+    # ---- something else where a python config file is expected
+    case("checkpoint as a config file", TRAIN, ["{ws}/out/ckpt.pt"], "out/ckpt.pt is a checkpoint",
+         "give a checkpoint's folder as --out_dir={ws}/out"),
+    case("checkpoint as a sample config file", SAMPLE, ["{ws}/out/ckpt.pt"], "is a checkpoint",
+         "--out_dir={ws}/out"),
+    case("binary config file", TRAIN, [OUT, "{ws}/data/train.bin"], "train.bin is not a python config file",
+         "give a python config file such as config/rmoe_small.py"),
+    case("non-UTF-8 config file", SAMPLE, [OUT, "{ws}/latin1.py"], "not UTF-8 text: bad byte at offset 12",
+         "give a python config file", setup=write("latin1.py", "top_k = 'café'\n".encode("latin-1"))),
+    case("config file with NUL bytes", ANALYZE, ["{ws}/nul.py"], "nul.py is not a python config file (it holds "
+         "binary data)", "give a python config file", setup=write("nul.py", b"tokens = 5\x00\x00\n")),
+    case("text file as a config file", TRAIN, [OUT, "{ws}/prompt.txt"], "(its name does not end in .py)",
+         "give a python config file", setup=write("prompt.txt", "ROMEO:\n")),
+    case("folder as a config file", SAMPLE, ["{ws}/out"], "out is a folder, not a config file",
+         "goes in --out_dir={ws}/out"),
+    case("empty argument", TRAIN, [OUT, ""], "an empty argument '' is not a config file", "give a python config"),
+    # ---- non-finite or degenerate values, from a config file as from the command line
+    case("nan temperature in a config file", SAMPLE, [OUT, "{ws}/c.py"], "temperature=nan is not a finite number",
+         "give a number such as the default 0.8", setup=write("c.py", 'temperature = float("nan")\n')),
+    case("inf temperature on the command line", SAMPLE, [OUT, "--temperature=1e999"],
+         "temperature=inf is not a finite number", "give a number"),
+    case("top_k 0 in a sample config file", SAMPLE, [OUT, "{ws}/c.py"], "top_k=0", "must be at least 1",
+         setup=write("c.py", "top_k = 0\n")),
+    case("threads below 0", SAMPLE, [OUT, "--threads=-1"], "threads=-1", "must be 0 (torch's default) or more"),
+    case("nan learning rate in a config file", TRAIN, [OUT, "{ws}/c.py"], "learning_rate=nan is not a finite",
+         "give a number", setup=write("c.py", 'learning_rate = float("nan")\n')),
+    case("inf in bench's config", BENCH, ["--config={ws}/c.py"], "lb_loss_coef=inf is not a finite number",
+         "give a number", setup=write("c.py", 'lb_loss_coef = float("inf")\n')),
+    case("batch_size 0 in bench's config", BENCH, ["--config={ws}/c.py"], "batch_size=0", "must be at least 1",
+         setup=write("c.py", "batch_size = 0\n")),
+    case("dense config for bench", BENCH, ["--config=config/dense_small.py"], "is dense (n_experts=0)",
+         "give an RMoE config"),
     # ---- data
     case("dataset not prepared", TRAIN, ["--dataset={ws}/raw", NEW], "no train.bin and val.bin",
          "prepare it with a data/*/prepare.py script", setup=write("raw/my.txt", "some text\n")),
@@ -148,6 +219,11 @@ CASES = [
          setup=pickled_payload(torch.save, "out/ckpt.pt")),
     case("checkpoint of another shape", SAMPLE, [OUT], "does not fit this version of model.py", "retrain it",
          setup=change_checkpoint(lambda c: {**c, "model_config": {**c["model_config"], "n_layer": 3}})),
+    # ---- checkpoints that load but are half valid: checked once, where checkpoints are read
+    *[case(f"sample: {name}", SAMPLE, [OUT], problem, "retrain or restore it", setup=change_checkpoint(change))
+      for name, change, problem in HALF_VALID],
+    *[case(f"resume: {name}", TRAIN, [OUT, "--init_from=resume", "--max_iters=4"], problem, "retrain or restore it",
+           setup=change_checkpoint(change)) for name, change, problem in HALF_VALID + HALF_VALID_TRAINING_STATE],
     case("resume with conflicting settings", TRAIN, [DATA, OUT, *TINY, "--n_layer=3", "--init_from=resume"],
          "n_layer=3 (checkpoint: 2)", "drop them to resume"),
     case("resume before the checkpoint", TRAIN, [OUT, "--init_from=resume", "--max_iters=1"],
@@ -185,7 +261,7 @@ def test_bad_input_is_a_one_line_error_that_changes_no_file(workspace, script, a
         setup(workspace)
     before = snapshot(workspace)
     result = run(script, *(arg.format(ws=workspace) for arg in args), env=env)
-    assert_one_line_error(result, problem, fix)
+    assert_one_line_error(result, problem.format(ws=workspace), fix.format(ws=workspace))
     assert snapshot(workspace) == before
 
 

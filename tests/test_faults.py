@@ -1,6 +1,7 @@
-"""Faults during training lose nothing: a kill inside the checkpoint writer, Ctrl-C, a
-non-finite loss, a failed write, and resuming after any of them continues bit-exactly."""
+"""Faults lose nothing: a kill inside the checkpoint writer, Ctrl-C, a non-finite loss, a failed
+write of a checkpoint or of analyze.py's outputs, and resuming after any of them continues bit-exactly."""
 
+import errno
 import os
 import resource
 import shutil
@@ -11,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
+import analyze
+from checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from conftest import REPO, TINY, assert_one_line_error, run, train
 
 RESUME = ["--init_from=resume", "--max_iters=6", "--eval_interval=1", "--always_save_checkpoint=True"]
@@ -129,3 +131,51 @@ def test_failed_write_keeps_the_old_checkpoint_and_says_so(checkpoint_copy):
                           f"the previous {folder / 'ckpt.pt'} is intact", "free disk space")
     assert (folder / "ckpt.pt").read_bytes() == before
     assert sorted(os.listdir(folder)) == [".lock", "ckpt.pt", "log.jsonl"]  # the temporary file is gone
+
+
+def fill_the_disk(monkeypatch):
+    """From now on, putting a written file in place fails as on a full disk."""
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "replace", full)
+
+
+def test_atomic_write_that_fails_keeps_the_old_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "routing.json"
+    path.write_bytes(b"the old report")
+    fill_the_disk(monkeypatch)
+    with pytest.raises(ValueError, match=f"cannot write JSON {path} \\(No space left on device\\); the previous "
+                                         f"{path} is intact; free disk space"):
+        atomic_write(str(path), b"a new report", "JSON")
+    assert path.read_bytes() == b"the old report"
+    assert os.listdir(tmp_path) == ["routing.json"]  # the temporary file is gone
+
+
+def test_atomic_write_into_a_folder_under_a_file_says_nothing_was_written(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="cannot write picture .*a_file/x.png \\(Not a directory\\); no picture "
+                                         "was written"):
+        atomic_write(str(tmp_path / "a_file" / "x.png"), b"png", "picture")
+
+
+def test_failed_first_save_does_not_say_resume(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError) as raised:
+        save_checkpoint({"iter_num": 1}, str(tmp_path / "a_file" / "ckpt.pt"))
+    assert "no checkpoint was written" in str(raised.value) and "then run again" in str(raised.value)
+    assert "resume" not in str(raised.value)
+
+
+@pytest.mark.parametrize("output", ["--json", "--plots"])
+def test_analyze_outputs_that_fail_to_write_keep_the_old_files(tiny_checkpoint, tmp_path, monkeypatch, capsys, output):
+    old = {name: f"old {name}".encode() for name in ("routing.json", *analyze.PLOTS)}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    target = tmp_path / "routing.json" if output == "--json" else tmp_path
+    fill_the_disk(monkeypatch)
+    with pytest.raises(SystemExit) as raised:
+        analyze.main([f"--ckpts={tiny_checkpoint}", "--tokens=64", "--device=cpu", f"{output}={target}"])
+    message = str(raised.value)
+    assert message.startswith("error: cannot write ") and "(No space left on device)" in message
+    assert "is intact" in message and f"or pick another {output}" in message and "\n" not in message
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old

