@@ -33,8 +33,9 @@ import sys
 import time
 
 from checkpoint import read_record
-from configurator import ConfigError, _read_config_file, fail, parse_args
-from train import REPO, check_settings, default_settings
+from configurator import ConfigError, read_config_file, fail, parse_args, setting_comments
+from dataset import REPO
+from train import check_settings, default_settings
 
 DEFAULTS = {
     "exp_dir": "",  # folder of the runs and the report (default: out-compare/<experiment file's name>)
@@ -50,7 +51,7 @@ def main(argv):
     ours = [a for a in argv if a.split("=")[0][2:] in DEFAULTS or a in ("-h", "--help")]
     overrides = [a for a in argv if a.startswith("-") and a not in ours]
     try:
-        cfg, _ = parse_args(DEFAULTS, ours, __doc__)
+        cfg, _ = parse_args(DEFAULTS, ours, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
         if len(files) != 1:
             raise ConfigError(f"give one experiment file (got {len(files)}), e.g. experiments/routers_small.py")
         exp = read_experiment(files[0], cfg["seeds"])
@@ -67,7 +68,7 @@ def main(argv):
 
 def read_experiment(path, seeds_text):
     """The experiment file's base, variants, baseline and seeds, checked; a problem is one ConfigError."""
-    names = _read_config_file(path)
+    names = read_config_file(path)
     unknown = set(names) - {"base", "variants", "baseline", "seeds"}
     if unknown:
         raise ConfigError(f"experiment file {path}: unknown name(s) {', '.join(sorted(unknown))}; "

@@ -46,7 +46,7 @@ def parse_args(defaults, argv, usage, help=None):
     explicit = set()
     files = [arg for arg in argv if not arg.startswith("-")]
     for path in files:
-        for key, value in _read_config_file(path).items():
+        for key, value in read_config_file(path).items():
             _set(config, explicit, key, value, f"config file {path}")
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -70,7 +70,7 @@ def parse_args(defaults, argv, usage, help=None):
     return config, explicit
 
 
-def _read_config_file(path):
+def read_config_file(path):
     """The settings a python config file assigns; anything else given in its place (a folder, a
     checkpoint, a binary or non-UTF-8 file, a file not named .py) is a ConfigError."""
     fix = "give a python config file such as config/rmoe_small.py, and settings as --key=value"

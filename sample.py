@@ -24,6 +24,7 @@ import sys
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
+from dataset import dataset_dir, tokenizer
 from configurator import fail, run_script, script_settings, setting_comments
 
 DEFAULTS = {
@@ -60,7 +61,7 @@ def main(argv):
     except ValueError as e:
         fail(e)
     model.eval().to(device)
-    encode, decode = tokenizer(ckpt.get("vocab"))
+    encode, decode = tokenizer(ckpt.get("vocab"), dataset_dir(ckpt.get("train_config", {}).get("dataset", "")))
     if cfg["trace"] and not model.config.is_moe:
         fail(f"{ckpt_path} is a dense model (n_experts=0): there is no routing to trace")
     if cfg["trace"] and not 0 <= cfg["trace_layer"] < model.config.n_layer:
@@ -122,27 +123,6 @@ def routing_trace(model, ids, decode, topk, colour_layer=None):
         lines.append(f"layer {colour_layer}, top-1 expert: {legend}")
         lines.append("".join(paint(decode([i]), e[colour_layer][0]) for i, e in zip(window, experts)))
     return "\n".join(lines)
-
-
-def tokenizer(vocab):
-    """(encode, decode) for a character vocabulary, or GPT-2 BPE when vocab is None."""
-    if vocab is None:
-        import tiktoken
-        try:
-            enc = tiktoken.get_encoding("gpt2")
-        except Exception as e:
-            fail(f"GPT-2 BPE needs tiktoken's gpt2 files, fetched from the internet on first use ({e})")
-        return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
-    stoi = {ch: i for i, ch in enumerate(vocab)}
-
-    def encode(text):
-        unknown = sorted(set(text) - stoi.keys())
-        if unknown:
-            fail(f"the prompt has characters outside the model's vocabulary: {''.join(unknown)!r}; "
-                 f"remove or replace them")
-        return [stoi[ch] for ch in text]
-
-    return encode, lambda ids: "".join(vocab[i] for i in ids)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import (Record, claim, gather_rng_states, load_checkpoint, model_from_checkpoint, save_checkpoint,
                         set_rng_state)
-from configurator import ConfigError, fail, parse_args, pick_device
+from configurator import ConfigError, fail, parse_args, pick_device, setting_comments
 from dataset import data_fingerprint, get_batch, load_dataset, read_split, vocab_size
 from model import GPT, GPTConfig, compile_moe
 from router import routing_by_layer, routing_summary
@@ -43,31 +43,31 @@ from router import routing_by_layer, routing_summary
 @dataclass
 class TrainConfig:
     # I/O
-    out_dir: str = "out"
+    out_dir: str = "out"  # folder of ckpt.pt, log.jsonl and the lock of this run
     init_from: str = "scratch"  # scratch | resume (from out_dir/ckpt.pt)
     eval_interval: int = 250  # steps between evaluations (and checkpoints)
     eval_iters: int = 20  # batches per split per evaluation, the same batches every time
-    log_interval: int = 50
+    log_interval: int = 50  # steps between lines of the training log and records in log.jsonl
     always_save_checkpoint: bool = False  # save at every evaluation, not only when val loss improves
     # data
     dataset: str = "shakespeare_char"  # a folder under data/, or a path to a folder with train.bin, val.bin
     batch_size: int = 8  # sequences per micro-step in each process
     gradient_accumulation_steps: int = 2  # micro-steps per optimizer step, over all processes together
     # AdamW, linear warm-up, then cosine decay to min_lr
-    learning_rate: float = 2e-3
-    max_iters: int = 2000
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
+    learning_rate: float = 2e-3  # the peak rate, reached at the end of warm-up
+    max_iters: int = 2000  # optimizer steps of the whole run
+    weight_decay: float = 0.1  # AdamW decay of matrices (not norms and biases)
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.99  # AdamW second-moment decay
     grad_clip: float = 1.0  # 0 disables clipping
-    warmup_iters: int = 100
+    warmup_iters: int = 100  # steps of linear warm-up; must end before max_iters
     lr_decay_iters: int = 2000  # after this many steps the rate stays at min_lr
-    min_lr: float = 2e-4
+    min_lr: float = 2e-4  # the rate after lr_decay_iters
     # system
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
-    seed: int = 1337
+    seed: int = 1337  # weights, dropout and the order of the data; compare.py varies it
     peak_tflops: float = 312.0  # your GPU's bf16 peak, for MFU (A100 312, H100 SXM 989); unused on CPU
 
     def __post_init__(self):
@@ -114,11 +114,12 @@ def check_settings(settings):
 def main(argv):
     # ---- settings: defaults < config files < --key=value
     try:
-        settings, explicit = parse_args(default_settings(), argv, __doc__)
+        settings, explicit = parse_args(default_settings(), argv, __doc__,
+                                        help={**setting_comments(TrainConfig), **setting_comments(GPTConfig)})
         ckpt_path = os.path.join(settings["out_dir"], "ckpt.pt")
         ckpt = None
         if settings["init_from"] == "resume":
-            ckpt = load_checkpoint(ckpt_path)
+            ckpt = load_checkpoint(ckpt_path, for_resume=True)
             settings = resumed_settings(settings, explicit, ckpt, ckpt_path)
         cfg, model_settings = check_settings(settings)
         device = pick_device(cfg.device)

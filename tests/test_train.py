@@ -166,12 +166,12 @@ def test_bpe_tokenizer_round_trips(monkeypatch):
     hand-made byte-level encoding stands in for the real one, which needs a download."""
     import tiktoken
 
-    import sample
+    import dataset
 
     byte_level = tiktoken.Encoding(name="bytes", pat_str=r"\S+|\s+", special_tokens={"<|endoftext|>": 256},
                                    mergeable_ranks={bytes([i]): i for i in range(256)})
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: byte_level)
-    encode, decode = sample.tokenizer(None)
+    encode, decode = dataset.tokenizer(None)
     ids = encode("Höw<|endoftext|>")
     assert ids == list("Höw".encode()) + [256]
     assert decode(ids) == "Höw<|endoftext|>"
