@@ -5,6 +5,7 @@ are in test_errors.py, interruptions and exact resume in test_faults.py."""
 import os
 import re
 import shutil
+import signal
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from checkpoint import load_checkpoint
 from configurator import ConfigError, parse_args, pick_device
 from conftest import REPO, TINY, run, sample_text, train
+import train as train_module
 from model import GPT, GPTConfig
 from train import MODEL_KEYS, TrainConfig, default_settings
 
@@ -101,11 +103,20 @@ def test_resume_takes_the_checkpoint_settings(tiny_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 4
 
 
-def test_resume_may_change_a_setting_that_shapes_no_weight(tiny_checkpoint, tmp_path):
-    shutil.copytree(tiny_checkpoint, tmp_path, dirs_exist_ok=True)
-    changed = run("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=4", "--dropout=0.1")
-    assert changed.returncode == 0, changed.stderr
-    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["model_config"]["dropout"] == 0.1
+def test_resume_may_change_a_setting_that_shapes_no_weight(tiny_checkpoint, tmp_path, capsys):
+    """Resumed with --dropout=0.1, the run trains with dropout (its weights differ from those of the
+    same resume without it), and keeps the new setting; both continue from the same step 2."""
+    weights = {}
+    for name, extra in (("same", []), ("changed", ["--dropout=0.1"])):
+        shutil.copytree(tiny_checkpoint, tmp_path / name)
+        capsys.readouterr()
+        train_module.main([f"--out_dir={tmp_path / name}", "--init_from=resume", "--max_iters=4", *extra])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert "from step 2 to 4" in capsys.readouterr().out
+        ckpt = load_checkpoint(str(tmp_path / name / "ckpt.pt"))
+        assert ckpt["iter_num"] == 4 and ckpt["model_config"]["dropout"] == (0.1 if extra else 0.0)
+        weights[name] = ckpt["model"]
+    assert any(not torch.equal(w, weights["changed"][k]) for k, w in weights["same"].items())
 
 
 def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
