@@ -294,17 +294,6 @@ def main(argv):
         lm_loss, lb_loss, z_loss = (x / cfg.gradient_accumulation_steps for x in loss_sums)  # the step's means
         iter_num += 1
         timed_steps += 1
-        if interrupts:
-            rng = gather_rng_states(ddp, world_size, device_type)
-            problem = save(rng) if master else None
-            if master and problem is None:
-                say(f"interrupted: saved {ckpt_path} at step {iter_num}, the current state (it replaces "
-                    f"the best one); continue it with --init_from=resume")
-            stop_together(problem, ddp)
-            if ddp:
-                dist.destroy_process_group()
-            sys.exit(130)  # the shell's code for a run stopped by Ctrl-C
-
         if iter_num % cfg.log_interval == 0 and master:
             if device_type == "cuda":
                 torch.cuda.synchronize()
@@ -320,6 +309,16 @@ def main(argv):
                 line += f", mfu {100 * entry['mfu']:.1f}%"
             say(line)
             failed = record.write(entry)  # stops every process at the next step
+        if interrupts:
+            rng = gather_rng_states(ddp, world_size, device_type)
+            problem = (failed or save(rng)) if master else None  # a record that missed this step: no save
+            if master and problem is None:
+                say(f"interrupted: saved {ckpt_path} at step {iter_num}, the current state (it replaces "
+                    f"the best one); continue it with --init_from=resume")
+            stop_together(problem, ddp)
+            if ddp:
+                dist.destroy_process_group()
+            sys.exit(130)  # the shell's code for a run stopped by Ctrl-C
 
     if master:
         wall = time.time() - started

@@ -74,3 +74,25 @@ def assert_one_line_error(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def train_here(data, out_dir, *args):
+    """train.py's main() in this process on a TINY model (no new python and torch per run): it returns
+    at the end, and bad input raises SystemExit("error: ..."). The SIGINT handler it installs is undone."""
+    import signal
+
+    import train as train_module
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        train_module.main([f"--dataset={data}", f"--out_dir={out_dir}", *TINY, *args])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def assert_one_line_exit(exc_info, *fragments):
+    """assert_one_line_error for a script's main() called in this process: fail() raised
+    SystemExit with one "error: ..." line (python prints it on stderr and exits with 1)."""
+    message = exc_info.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message

@@ -12,10 +12,12 @@ import pickle
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, run, sample_text
+from checkpoint import claim
+from conftest import TINY, assert_one_line_error, assert_one_line_exit, run, sample_text, train_here
 
 TRAIN, SAMPLE, PREPARE = "train.py", "sample.py", "data/shakespeare_char/prepare.py"
 ANALYZE, BENCH = "analyze.py", "bench.py"
@@ -272,3 +274,33 @@ def test_a_prompt_longer_than_the_block_is_cropped_not_refused(tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     sample = result.stdout.split("---------------\n")[0].rstrip("\n")
     assert sample.startswith(prompt) and len(sample) == len(prompt) + 7
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_an_out_dir_in_use_by_another_run_is_refused_and_left_alone(workspace, resume):
+    lock = claim(str(workspace / "out"))  # as a run in another process holds it
+    try:
+        before = snapshot(workspace)
+        args = ["--init_from=resume", "--max_iters=4"] if resume else []
+        if not resume:  # a scratch run into a folder in use, with no checkpoint in it yet
+            (workspace / "out" / "ckpt.pt").unlink()
+            (workspace / "out" / "log.jsonl").unlink()
+            before = snapshot(workspace)
+        with pytest.raises(SystemExit) as exit_info:
+            train_here(workspace / "data", workspace / "out", *args)
+        assert_one_line_exit(exit_info, "is in use by another run", "wait for it to finish")
+        assert snapshot(workspace) == before
+    finally:
+        lock.close()
+
+
+def test_resume_refuses_data_prepared_again_from_other_text(workspace):
+    """Same characters, so the same vocabulary and meta.pkl, but other text: train.bin differs."""
+    ids = np.fromfile(workspace / "data" / "train.bin", dtype=np.uint16)
+    np.random.default_rng(1).permutation(ids).tofile(workspace / "data" / "train.bin")
+    before = snapshot(workspace)
+    with pytest.raises(SystemExit) as exit_info:
+        train_here(workspace / "data", workspace / "out", "--init_from=resume", "--max_iters=4")
+    assert_one_line_exit(exit_info, "is not the data the checkpoint was trained on",
+                         "resume with the data it was trained on")
+    assert snapshot(workspace) == before

@@ -2,6 +2,7 @@
 write of a checkpoint or of analyze.py's outputs, and resuming after any of them continues bit-exactly."""
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 import analyze
-from checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from conftest import REPO, TINY, assert_one_line_error, run, train
+from checkpoint import atomic_write, load_checkpoint, read_record, save_checkpoint
+from conftest import REPO, TINY, assert_one_line_error, run, train, train_here
 
 RESUME = ["--init_from=resume", "--max_iters=6", "--eval_interval=1", "--always_save_checkpoint=True"]
 
@@ -31,6 +32,17 @@ def wait_for_line(proc, prefix):
         if line.startswith(prefix):
             return
     raise AssertionError(f"no line starting {prefix!r}; stderr: {proc.stderr.read()}")
+
+
+TIMING = ("ms_per_step", "tokens_per_s", "wall_s", "mfu")
+
+
+def assert_same_record(a, b):
+    """Two runs' log.jsonl hold the same records in the same order, timings aside."""
+    a, b = read_record(str(a)), read_record(str(b))
+    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
 
 
 def assert_same_training_state(a, b):
@@ -85,6 +97,25 @@ def test_ctrl_c_saves_the_current_step_and_resume_is_exact(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "straight", *common, run_to)
     assert_same_training_state(load_checkpoint(str(tmp_path / "straight" / "ckpt.pt")),
                                load_checkpoint(str(tmp_path / "cut" / "ckpt.pt")))
+    # and its record is that of the uninterrupted run: no step missing, none twice
+    assert_same_record(tmp_path / "straight", tmp_path / "cut")
+    assert [r["step"] for r in read_record(str(tmp_path / "cut")) if r["kind"] == "train"] == list(
+        range(1, step + 4))
+
+
+@pytest.mark.parametrize("killed_after_the_save", [False, True])
+def test_resume_continues_the_record_exactly(tiny_data, tmp_path, killed_after_the_save):
+    common = ["--eval_interval=2", "--lr_decay_iters=8", "--warmup_iters=1", "--always_save_checkpoint=True"]
+    train_here(tiny_data, tmp_path / "straight", "--max_iters=8", *common)
+    train_here(tiny_data, tmp_path / "halves", "--max_iters=4", *common)
+    if killed_after_the_save:  # steps trained after the checkpoint's step 4, then a kill mid-line
+        with open(tmp_path / "halves" / "log.jsonl", "a") as f:
+            for step in (5, 6):
+                f.write(json.dumps({"kind": "train", "step": step, "loss": 9.0}) + "\n")
+            f.write(json.dumps({"kind": "eval", "step": 6, "val_loss": 9.0})[:20])
+    train_here(tiny_data, tmp_path / "halves", "--max_iters=8", "--init_from=resume", *common)
+    assert_same_record(tmp_path / "straight", tmp_path / "halves")
+    assert [r["kind"] for r in read_record(str(tmp_path / "halves"))].count("end") == 1
 
 
 def test_kill_inside_the_writer_keeps_the_previous_checkpoint(checkpoint_copy):

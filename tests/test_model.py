@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, MLP, GPTConfig, KVCache, MoE, swiglu
+from model import GPT, MLP, ROUTER_PASSING, GPTConfig, KVCache, MoE, swiglu
 from router import GRUCell, RNNCell, RouterCore, load_balance_loss
 
 
@@ -135,6 +135,24 @@ def test_recurrent_gradient_reaches_first_layer_router_only_when_passing():
     assert last_layer_router_grads("full").abs().sum() > 1e-6  # through h_2 <- h_1 <- h_0
     assert torch.equal(last_layer_router_grads("detach"), torch.zeros(6, 16))
     assert torch.equal(last_layer_router_grads("none"), torch.zeros(6, 16))
+
+
+def test_detach_passes_the_same_state_forward_as_full_passing_and_np_does_not():
+    torch.manual_seed(0)
+    full = GPT(tiny_config(router_passing="full")).eval()
+    idx = torch.randint(0, 11, (2, 16))
+    outputs = {}
+    for passing in ROUTER_PASSING:
+        model = GPT(tiny_config(router_passing=passing)).eval()
+        model.load_state_dict(full.state_dict())  # the same weights: only the passing differs
+        logits, _, aux = model(idx, idx)
+        outputs[passing] = logits, [r.logits for r in aux["routing"]]
+    logits, routing = outputs["full"]
+    torch.testing.assert_close(outputs["detach"][0], logits, rtol=0, atol=0)
+    for layer, full_layer in zip(outputs["detach"][1], routing):
+        torch.testing.assert_close(layer, full_layer, rtol=0, atol=0)
+    assert not torch.allclose(outputs["none"][1][-1], routing[-1])  # NP routes from h_0 instead
+    assert not torch.allclose(outputs["none"][0], logits)
 
 
 @pytest.mark.parametrize("passing, from_h0", [("none", True), ("full", False)])
@@ -279,6 +297,30 @@ def test_kv_cache_gives_the_same_tokens_and_expert_choices(router, temperature):
     assert torch.equal(cached_experts, reference_experts)
 
 
+def test_top_1_sampling_is_greedy():
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 11, (8, 3))
+    greedy = model.generate(prompt, 20, temperature=0)
+    assert torch.equal(model.generate(prompt, 20, temperature=1.0, top_k=1), greedy)
+    assert torch.equal(model.generate(prompt, 20, temperature=5.0, top_k=1, kv_cache=False), greedy)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_top_k_samples_every_one_of_the_k_likeliest_and_nothing_else(k):
+    model = GPT(tiny_config()).eval()
+    # fixed next-token logits, close enough that each of the k likeliest is drawn often
+    logits = torch.tensor([0.3, 1.0, 0.1, 0.9, 0.0, 0.8, 0.2, 0.7, 0.4, 0.6, 0.5])
+    model.forward = lambda idx, targets=None, kv_caches=None: (logits.expand(idx.size(0), 1, -1), None, {})
+    torch.manual_seed(0)
+    drawn = model.generate(torch.zeros(3000, 1, dtype=torch.long), 1, temperature=1.0, top_k=k)[:, -1]
+    likeliest = set(logits.topk(k).indices.tolist())
+    assert set(drawn.tolist()) == likeliest
+    counts = torch.bincount(drawn, minlength=11).double()  # in proportion to their probabilities
+    expected = F.softmax(logits[sorted(likeliest)], -1) * 3000
+    assert torch.allclose(counts[sorted(likeliest)], expected, rtol=0.15)
+
+
 @pytest.mark.parametrize("kv_cache", [True, False])
 def test_generate_restarts_a_full_window_at_half_its_length(kv_cache):
     model = GPT(tiny_config()).eval()  # block_size 16
@@ -292,9 +334,15 @@ def test_generate_restarts_a_full_window_at_half_its_length(kv_cache):
 
 
 def test_generate_works_with_a_one_token_window():
+    torch.manual_seed(0)
     model = GPT(tiny_config(block_size=1)).eval()
-    out = model.generate(torch.zeros(1, 1, dtype=torch.long), 4, temperature=0)
-    assert out.shape == (1, 5)
+    prompt = torch.arange(11).view(11, 1)  # every token as a prompt, so the chains differ
+    cached = model.generate(prompt, 4, temperature=0)
+    assert torch.equal(cached, model.generate(prompt, 4, temperature=0, kv_cache=False))
+    for t in range(4):  # each new token is the argmax given the last token alone, at position 0
+        logits, _, _ = model(cached[:, t:t + 1])
+        assert torch.equal(cached[:, t + 1], logits[:, -1].argmax(-1))
+    assert len(set(cached[:, 1].tolist())) > 1  # the chains do depend on the token
 
 
 def test_kv_cache_is_fed_one_token_at_a_time():

@@ -2,16 +2,19 @@
 against one process, and the whole path from a text file to a sample. The scripts' errors
 are in test_errors.py, interruptions and exact resume in test_faults.py."""
 
+import math
 import os
 import re
 import shutil
+import signal
 
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, read_record
 from configurator import ConfigError, parse_args, pick_device
-from conftest import REPO, TINY, run, sample_text, train
+from conftest import REPO, TINY, run, sample_text, train, train_here
+import train as train_module
 from model import GPT, GPTConfig
 from train import MODEL_KEYS, TrainConfig, default_settings
 
@@ -101,11 +104,20 @@ def test_resume_takes_the_checkpoint_settings(tiny_data, tmp_path):
     assert load_checkpoint(str(tmp_path / "ckpt.pt"))["iter_num"] == 4
 
 
-def test_resume_may_change_a_setting_that_shapes_no_weight(tiny_checkpoint, tmp_path):
-    shutil.copytree(tiny_checkpoint, tmp_path, dirs_exist_ok=True)
-    changed = run("train.py", f"--out_dir={tmp_path}", "--init_from=resume", "--max_iters=4", "--dropout=0.1")
-    assert changed.returncode == 0, changed.stderr
-    assert load_checkpoint(str(tmp_path / "ckpt.pt"))["model_config"]["dropout"] == 0.1
+def test_resume_may_change_a_setting_that_shapes_no_weight(tiny_checkpoint, tmp_path, capsys):
+    """Resumed with --dropout=0.1, the run trains with dropout (its weights differ from those of the
+    same resume without it), and keeps the new setting; both continue from the same step 2."""
+    weights = {}
+    for name, extra in (("same", []), ("changed", ["--dropout=0.1"])):
+        shutil.copytree(tiny_checkpoint, tmp_path / name)
+        capsys.readouterr()
+        train_module.main([f"--out_dir={tmp_path / name}", "--init_from=resume", "--max_iters=4", *extra])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert "from step 2 to 4" in capsys.readouterr().out
+        ckpt = load_checkpoint(str(tmp_path / name / "ckpt.pt"))
+        assert ckpt["iter_num"] == 4 and ckpt["model_config"]["dropout"] == (0.1 if extra else 0.0)
+        weights[name] = ckpt["model"]
+    assert any(not torch.equal(w, weights["changed"][k]) for k, w in weights["same"].items())
 
 
 def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
@@ -175,3 +187,26 @@ def test_bpe_tokenizer_round_trips(monkeypatch):
     ids = encode("Höw<|endoftext|>")
     assert ids == list("Höw".encode()) + [256]
     assert decode(ids) == "Höw<|endoftext|>"
+
+
+def test_the_record_holds_every_logged_step_every_evaluation_and_an_end(tiny_data, tmp_path):
+    train_here(tiny_data, tmp_path, "--max_iters=5", "--eval_interval=2", "--log_interval=2",
+               "--gradient_accumulation_steps=3")
+    records = read_record(str(tmp_path))
+    assert [(r["kind"], r["step"]) for r in records] == [
+        ("eval", 0), ("train", 2), ("eval", 2), ("train", 4), ("eval", 4), ("eval", 5), ("end", 5)]
+    tokens_per_step = 3 * 4 * 32  # micro-steps x batch x block
+    assert all(r["tokens"] == r["step"] * tokens_per_step for r in records)
+    evals = [r for r in records if r["kind"] == "eval"]
+    for r in evals:
+        assert r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2))  # characters: nats -> bits
+        assert len(r["routing"]) == 2 and 0 < r["routing"][0]["max_share"] <= 1
+    for r in records:
+        if r["kind"] == "train":
+            assert r["loss"] > 0 and r["lb_loss"] > 0 and r["ms_per_step"] > 0 and r["tokens_per_s"] > 0
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert records[-1]["best_val_loss"] == best["val_loss"] and records[-1]["best_step"] == best["step"]
+    ckpt = load_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert ckpt["best_val_loss"] == best["val_loss"]  # the record agrees with the checkpoint beside it
+    # the logged loss is the step's mean lm loss over its micro-steps: near the evaluation loss
+    assert abs(records[3]["loss"] - evals[2]["train_loss"]) < 0.3
