@@ -21,7 +21,6 @@ import hashlib
 import importlib.util
 import io
 import pickle
-import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -130,13 +129,6 @@ def run(argv):
     print(f"train on it with --dataset={out_dir.name if out_dir.parent == DATA_DIR else out_dir}")
 
 
-def main():
-    try:
-        run(sys.argv[1:])
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
 
 if __name__ == "__main__":
-    main()
+    char_prepare.main(run)  # its one-line errors

@@ -92,13 +92,6 @@ def run(argv):
     print(f"train on it with --dataset={out_dir.name if out_dir.parent == DATA_DIR else out_dir}")
 
 
-def main():
-    try:
-        run(sys.argv[1:])
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
 
 if __name__ == "__main__":
-    main()
+    char_prepare.main(run)  # its one-line errors

@@ -238,9 +238,10 @@ def run(argv):
     print(f"train on it with --dataset={out_dir.name if out_dir.parent == DATA_DIR else out_dir}")
 
 
-def main():
+def main(prepare=run):
+    """Run a prepare function (this script's, or a sibling script's) with one-line errors."""
     try:
-        run(sys.argv[1:])
+        prepare(sys.argv[1:])
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
