@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from checkpoint import read_record
+from checkpoint import atomic_write, read_record
 from configurator import ConfigError, read_config_file, fail, parse_args, setting_comments
 from dataset import REPO
 from train import check_settings, default_settings
@@ -321,7 +321,7 @@ def report(exp, runs, exp_dir):
     print(markdown_table(exp, variants))
     summary = {"baseline": exp["baseline"], "variants": {n: {k: x for k, x in v.items() if k != "curves"}
                                                          for n, v in variants.items()}}
-    write_atomically(os.path.join(exp_dir, "summary.json"), json.dumps(summary, indent=1).encode())
+    write_report(os.path.join(exp_dir, "summary.json"), json.dumps(summary, indent=1).encode(), "JSON")
     print(f"\nwrote {os.path.join(exp_dir, 'summary.json')}")
     plot_curves(variants, os.path.join(exp_dir, "val_loss.png"))
 
@@ -357,18 +357,15 @@ def plot_curves(variants, path):
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=110)
     plt.close(fig)
-    write_atomically(path, buffer.getvalue())
+    write_report(path, buffer.getvalue(), "picture")
     print(f"wrote {path}")
 
 
-def write_atomically(path, data):
-    tmp = path + ".tmp"
+def write_report(path, data, what):
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        fail(f"cannot write {path} ({e.strerror}); the previous file, if any, is intact")
+        atomic_write(path, data, what)
+    except ValueError as e:
+        fail(e)
 
 
 if __name__ == "__main__":
