@@ -34,7 +34,8 @@ import time
 
 from checkpoint import read_record
 from configurator import ConfigError, _read_config_file, fail, parse_args
-from train import REPO, check_settings, default_settings
+from dataset import REPO
+from train import check_settings, default_settings
 
 DEFAULTS = {
     "exp_dir": "",  # folder of the runs and the report (default: out-compare/<experiment file's name>)
