@@ -33,7 +33,7 @@ import sys
 import time
 
 from checkpoint import atomic_write, read_record
-from configurator import ConfigError, read_config_file, fail, parse_args, setting_comments
+from configurator import ConfigError, fail, parse_args, read_config_file, setting_comments
 from dataset import REPO
 from train import check_settings, default_settings
 

@@ -1,0 +1,109 @@
+"""compare.py: a tiny 2-variant x 2-seed experiment end to end, run again (finished runs kept,
+an interrupted one resumed), its statistics against values worked by hand, and bad experiment
+files refused before anything is written. compare.main runs in this process; its runs are
+train.py processes as a user's are."""
+
+import json
+import math
+import os
+import signal
+
+import pytest
+
+import compare
+from checkpoint import read_record
+from conftest import TINY, assert_one_line_exit, train_here
+
+
+def experiment(tmp_path, tiny_data, variants='{"smoe": ["--router=linear"], "rmoe": []}', extra=""):
+    path = tmp_path / "exp.py"
+    base = TINY + [f"--dataset={tiny_data}", "--max_iters=4", "--eval_interval=2"]
+    path.write_text(f"base = {base!r}\nvariants = {variants}\nbaseline = 'smoe'\nseeds = [1, 2]\n{extra}")
+    return str(path)
+
+
+def compare_here(*argv):
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        compare.main(list(map(str, argv)))
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+
+
+def test_two_variants_two_seeds_end_to_end_then_again(tiny_data, tmp_path, capsys):
+    exp, exp_dir = experiment(tmp_path, tiny_data), tmp_path / "exp"
+    # rmoe seed 2 was interrupted earlier: a checkpoint at step 2, and no end in its record
+    interrupted = exp_dir / "rmoe" / "seed2"
+    train_here(tiny_data, interrupted, "--max_iters=2", "--eval_interval=2", "--seed=2")
+    earlier = [r for r in read_record(str(interrupted)) if r["kind"] != "end"]
+    (interrupted / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier))
+    capsys.readouterr()
+
+    compare_here(exp, f"--exp_dir={exp_dir}", "--jobs=2")
+    out = capsys.readouterr().out
+    assert "0 of 4 runs already finished; 4 to train" in out
+    assert "training rmoe seed 2 resumed from its checkpoint (record at step 2)" in out
+    assert "from step 2 to 4" in (interrupted / "train.log").read_text()
+    resumed = read_record(str(interrupted))
+    assert resumed[:len(earlier)] == earlier  # kept as it was, timings included: not trained again
+    assert [(r["kind"], r["step"]) for r in resumed] == [
+        ("eval", 0), ("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4), ("eval", 4), ("end", 4)]
+
+    assert "4 of 4 runs finished" in out and "| rmoe | 2 |" in out and "| smoe | 2 |" in out
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    final = {(v, s): read_record(str(exp_dir / v / f"seed{s}"))[-2]["val_loss"] for v in ("smoe", "rmoe")
+             for s in (1, 2)}
+    rmoe, smoe = summary["variants"]["rmoe"], summary["variants"]["smoe"]
+    assert rmoe["final_val_loss"][0] == pytest.approx((final["rmoe", 1] + final["rmoe", 2]) / 2)
+    difference = rmoe["final_val_loss_vs_baseline"]
+    assert difference[0] == pytest.approx((final["rmoe", 1] - final["smoe", 1] + final["rmoe", 2]
+                                           - final["smoe", 2]) / 2)
+    assert difference[1] < difference[0] < difference[2]
+    assert summary["baseline"] == "smoe" and "final_val_loss_vs_baseline" not in smoe
+
+    runs = sorted(exp_dir.glob("*/seed*/ckpt.pt"))
+    assert len(runs) == 4
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs}
+    compare_here(exp, f"--exp_dir={exp_dir}")
+    again = capsys.readouterr().out
+    assert "4 of 4 runs already finished; 0 to train" in again and "training " not in again
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in runs} == before
+    assert json.loads((exp_dir / "summary.json").read_text()) == summary
+
+
+def test_statistics_against_values_worked_by_hand():
+    mean, sd = compare.mean_std([1.0, 2.0, 4.0])
+    assert mean == pytest.approx(7 / 3) and sd == pytest.approx(math.sqrt(7 / 3))  # sample std, n - 1
+    assert math.isnan(compare.mean_std([5.0])[1])
+    # differences 2, 3, 6: mean 11/3, sd sqrt(13/3), half-width t_{0.975,2} sd / sqrt(3)
+    mean, low, high = compare.paired_difference([3.0, 5.0, 10.0], [1.0, 2.0, 4.0])
+    half = 4.302653 * math.sqrt(13 / 3) / math.sqrt(3)
+    assert mean == pytest.approx(11 / 3)
+    assert (low, high) == (pytest.approx(11 / 3 - half, abs=1e-5), pytest.approx(11 / 3 + half, abs=1e-5))
+    # paired, not pooled: a constant offset over very different seeds has no spread at all
+    assert compare.paired_difference([10.0, 20.0, 30.0], [9.0, 19.0, 29.0]) == pytest.approx((1.0, 1.0, 1.0))
+    for df, t in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)]:
+        assert compare.t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+
+
+BAD = [
+    ("unknown key", '{"smoe": ["--router=linear"], "rmoe": ["--routr=gru"]}', "", "unknown key 'routr'"),
+    ("wrong type", '{"smoe": ["--router=linear"], "rmoe": ["--n_layer=2.5"]}', "", "n_layer must be int"),
+    ("one name twice", '{"smoe": ["--router=linear"], "smoe": []}', "", "variant 'smoe' is named twice"),
+    ("a variant sets the seed", '{"smoe": ["--router=linear"], "rmoe": ["--seed=3"]}', "",
+     "--seed=3 is set by compare.py"),
+    ("a variant sets out_dir", '{"smoe": ["--router=linear"], "rmoe": ["--out_dir=x"]}', "",
+     "--out_dir=x is set by compare.py"),
+    ("baseline not a variant", '{"linear": ["--router=linear"], "rmoe": []}', "",
+     "baseline='smoe' is not one of the variants"),
+    ("bad model setting", '{"smoe": ["--router=linear"], "rmoe": ["--top_k=9"]}', "", "top_k=9"),
+]
+
+
+@pytest.mark.parametrize("variants, extra, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_a_bad_experiment_is_one_line_before_anything_is_written(tiny_data, tmp_path, variants, extra, message):
+    exp = experiment(tmp_path, tiny_data, variants, extra)
+    with pytest.raises(SystemExit) as exit_info:
+        compare_here(exp, f"--exp_dir={tmp_path / 'exp'}")
+    assert_one_line_exit(exit_info, message)
+    assert not os.path.exists(tmp_path / "exp")
