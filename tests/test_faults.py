@@ -2,6 +2,7 @@
 write of a checkpoint or of analyze.py's outputs, and resuming after any of them continues bit-exactly."""
 
 import errno
+import importlib.util
 import json
 import os
 import resource
@@ -197,7 +198,8 @@ def test_failed_first_save_does_not_say_resume(tmp_path):
     assert "resume" not in str(raised.value)
 
 
-@pytest.mark.parametrize("output", ["--json", "--plots"])
+@pytest.mark.parametrize("output", ["--json", pytest.param("--plots", marks=pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="pictures need matplotlib, which is optional"))])
 def test_analyze_outputs_that_fail_to_write_keep_the_old_files(tiny_checkpoint, tmp_path, monkeypatch, capsys, output):
     old = {name: f"old {name}".encode() for name in ("routing.json", *analyze.PLOTS)}
     for name, data in old.items():
