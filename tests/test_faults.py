@@ -198,6 +198,23 @@ def test_failed_first_save_does_not_say_resume(tmp_path):
     assert "resume" not in str(raised.value)
 
 
+
+def test_ddp_out_dir_failure_on_rank_0_stops_every_process_with_one_line(tiny_data, tmp_path):
+    # only rank 0 makes out_dir: rank 1 must leave with rank 0's error, not a traceback from its next collective
+    (tmp_path / "a_file").write_text("")
+    for attempt in range(2):
+        result = run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"],
+                     f"--dataset={tiny_data}", f"--out_dir={tmp_path / 'a_file' / 'out'}", *TINY,
+                     "--max_iters=2", "--device=cpu")
+        if "error: " in result.stderr:
+            break  # launched; a second try is only for a rendezvous that failed before training began
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and len(set(errors)) == 1, result.stderr  # one line from each process, the same
+    assert "cannot write in out_dir" in errors[0] and "pick another --out_dir" in errors[0]
+    assert 'train.py", line' not in result.stderr  # no process ended in a traceback of its own
+    assert (tmp_path / "a_file").read_text() == ""
+
 @pytest.mark.parametrize("output", ["--json", pytest.param("--plots", marks=pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None, reason="pictures need matplotlib, which is optional"))])
 def test_analyze_outputs_that_fail_to_write_keep_the_old_files(tiny_checkpoint, tmp_path, monkeypatch, capsys, output):
