@@ -120,7 +120,7 @@ def main(argv):
         ckpt = None
         if settings["init_from"] == "resume":
             ckpt = load_checkpoint(ckpt_path, for_resume=True)
-            settings = resumed_settings(settings, explicit, ckpt, ckpt_path)
+            settings = resumed_settings(settings, explicit, ckpt)
         cfg, model_settings = check_settings(settings)
         device = pick_device(cfg.device)
         if ckpt is not None and cfg.max_iters < ckpt["iter_num"]:
@@ -423,14 +423,10 @@ def say(text):
         sys.stdout = open(os.devnull, "w")
 
 
-def resumed_settings(settings, explicit, ckpt, ckpt_path):
+def resumed_settings(settings, explicit, ckpt):
     """The checkpoint's settings, except those given explicitly now. A model setting given
     explicitly must equal the checkpoint's (the weights are made for it), but for the few
     that shape no weight (RESUME_MAY_CHANGE)."""
-    missing = {"optimizer", "iter_num", "best_val_loss", "rng", "train_config"} - ckpt.keys()
-    if missing:
-        raise ValueError(f"{ckpt_path} has no training state ({', '.join(sorted(missing))}), so it cannot be "
-                         f"resumed; sample from it, or train a new model")
     saved = {**ckpt["train_config"], **ckpt["model_config"]}
     conflicts = [f"{k}={settings[k]!r} (checkpoint: {saved[k]!r})" for k in MODEL_KEYS
                  if k in explicit and k not in RESUME_MAY_CHANGE and settings[k] != saved.get(k)]

@@ -1,7 +1,6 @@
 """Exactness and property tests of the model and the routers: each compares against an
 independent reference or a property that a bug would break."""
 
-import math
 
 import pytest
 import torch
