@@ -25,7 +25,7 @@ def meanings(help_text):
     return found
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py", "analyze.py", "bench.py"])
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "analyze.py", "bench.py", "eval.py"])
 def test_help_says_what_every_setting_means(script):
     result = run(script, "--help")
     assert result.returncode == 0, result.stderr
