@@ -38,7 +38,7 @@ from configurator import fail, run_script, script_settings, setting_comments
 from model import MoE
 from router import (GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
                     routing_summary)
-from dataset import load_dataset
+from dataset import load_dataset, read_split
 
 DEFAULTS = {
     "ckpts": "out-rmoe-small",  # checkpoint folders (train.py's out_dir), comma-separated, shown side by side
@@ -114,7 +114,7 @@ def main(argv):
 def token_windows(data_dir, split, n_tokens, block_size):
     """ceil(n_tokens / block_size) windows of block_size + 1 tokens (inputs and their next
     tokens), evenly spaced from the start to the end of the split: (n, block_size + 1)."""
-    data = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+    data = read_split(data_dir, split)
     if len(data) <= block_size:
         fail(f"{split}.bin of {data_dir} has {len(data)} tokens, fewer than a window of block_size + 1")
     starts = np.linspace(0, len(data) - block_size - 1, math.ceil(n_tokens / block_size)).astype(np.int64)
