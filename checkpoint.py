@@ -94,8 +94,8 @@ def load_checkpoint(path, device="cpu", for_resume=False, setting="out_dir"):
 
 
 def structure_problem(ckpt, for_resume):
-    """What is wrong with the parts of a loaded checkpoint that train.py, sample.py and analyze.py
-    read (with the training state if for_resume), or None."""
+    """What is wrong with the parts of a loaded checkpoint that train.py, sample.py, analyze.py and
+    eval.py read (with the training state if for_resume), or None."""
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
         return "the model state is not a dict of named tensors"
     config, defaults = ckpt["model_config"], asdict(GPTConfig())
@@ -115,6 +115,9 @@ def structure_problem(ckpt, for_resume):
         return "the vocabulary is neither a list of characters, 'bytes' nor None"
     elif len(vocab) != vocab_size:
         return f"its vocabulary has {len(vocab)} characters but the model's vocab_size is {vocab_size}"
+    if "train_config" in ckpt and not (isinstance(ckpt["train_config"], dict) and all(  # names the dataset
+            isinstance(k, str) and type(v) in (int, float, str, bool) for k, v in ckpt["train_config"].items())):
+        return "train_config is not a dict of plain settings"
     if not for_resume:
         return None
     iter_num, best = ckpt["iter_num"], ckpt["best_val_loss"]
@@ -122,9 +125,6 @@ def structure_problem(ckpt, for_resume):
         return f"iter_num={iter_num!r} is not a step number"
     if type(best) is not float:
         return f"best_val_loss={best!r} is not a float"
-    if not (isinstance(ckpt["train_config"], dict) and all(
-            isinstance(k, str) and type(v) in (int, float, str, bool) for k, v in ckpt["train_config"].items())):
-        return "train_config is not a dict of plain settings"
     rng = ckpt["rng"]
     if not (isinstance(rng, list) and rng and all(isinstance(r, dict) and isinstance(r.get("cpu"), torch.Tensor)
                                                   and r["cpu"].dtype == torch.uint8 for r in rng)):

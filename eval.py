@@ -73,10 +73,11 @@ def main(argv):
         if split not in ("train", *present):
             fail(f"{data_dir} has no {split}.bin; its splits are train and {', '.join(present)}")
 
-    step, best_step = ckpt["iter_num"], ckpt.get("best_step")
-    which = "its best val step" if step == best_step else f"not the best val step, which was {best_step}"
+    step, best_step = ckpt.get("iter_num"), ckpt.get("best_step")
+    which = ("" if best_step is None else " (its best val step)" if step == best_step else
+             f" (not the best val step, which was {best_step})")
     unit = "BPC" if vocab else "bits/token"  # a token is a character or a byte, else a BPE piece
-    print(f"{ckpt_path}: step {step} ({which}), data {os.path.relpath(data_dir)}")
+    print(f"{ckpt_path}: step {step}{which}, data {os.path.relpath(data_dir)}")
     print(f"windows of {block_size} tokens, " + (f"non-overlapping: every target once, predicted from 1 to "
           f"{block_size} tokens" if stride == block_size else f"every {stride}: every target once, predicted from at "
           f"least {block_size - stride + 1} tokens (fewer only at the split's start)"))

@@ -20,7 +20,7 @@ from checkpoint import claim
 from conftest import TINY, assert_one_line_error, assert_one_line_exit, run, sample_text, train_here
 
 TRAIN, SAMPLE, PREPARE = "train.py", "sample.py", "data/shakespeare_char/prepare.py"
-ANALYZE, BENCH = "analyze.py", "bench.py"
+ANALYZE, BENCH, EVAL = "analyze.py", "bench.py", "eval.py"
 DATA, OUT = "--dataset={ws}/data", "--out_dir={ws}/out"  # the dataset, and the folder with the checkpoint
 NEW = "--out_dir={ws}/new"  # a fresh folder, so a scratch run gets past "a checkpoint is already there"
 
@@ -103,6 +103,8 @@ HALF_VALID = [
     ("GPT-2 BPE for a small model", lambda c: {**c, "vocab": None}, "smaller than the 50257 tokens of its GPT-2 BPE"),
     ("model state of numbers", lambda c: {**c, "model": {name: 0 for name in c["model"]}},
      "the model state is not a dict of named tensors"),
+    ("train_config of lists", lambda c: {**c, "train_config": {**c["train_config"], "max_iters": [4]}},
+     "train_config is not a dict of plain settings"),
 ]
 HALF_VALID_TRAINING_STATE = [
     ("optimizer without param_groups", lambda c: {**c, "optimizer": without(c["optimizer"], "param_groups")},
@@ -115,8 +117,6 @@ HALF_VALID_TRAINING_STATE = [
     ("iter_num not an int", lambda c: {**c, "iter_num": "2"}, "iter_num='2' is not a step number"),
     ("negative iter_num", lambda c: {**c, "iter_num": -1}, "iter_num=-1 is not a step number"),
     ("best_val_loss missing a value", lambda c: {**c, "best_val_loss": None}, "best_val_loss=None is not a float"),
-    ("train_config of lists", lambda c: {**c, "train_config": {**c["train_config"], "max_iters": [4]}},
-     "train_config is not a dict of plain settings"),
 ]
 
 CASES = [
@@ -224,6 +224,8 @@ CASES = [
     # ---- checkpoints that load but are half valid: checked once, where checkpoints are read
     *[case(f"sample: {name}", SAMPLE, [OUT], problem, "retrain or restore it", setup=change_checkpoint(change))
       for name, change, problem in HALF_VALID],
+    case("eval: train_config not a dict", EVAL, [OUT], "train_config is not a dict of plain settings",
+         "retrain or restore it", setup=change_checkpoint(lambda c: {**c, "train_config": "shakespeare_char"})),
     *[case(f"resume: {name}", TRAIN, [OUT, "--init_from=resume", "--max_iters=4"], problem, "retrain or restore it",
            setup=change_checkpoint(change)) for name, change, problem in HALF_VALID + HALF_VALID_TRAINING_STATE],
     case("resume with conflicting settings", TRAIN, [DATA, OUT, *TINY, "--n_layer=3", "--init_from=resume"],
