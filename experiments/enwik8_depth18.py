@@ -1,6 +1,6 @@
 # enwik8 depth sweep (Fig. 2), 18 layers at the small width (6 layers: experiments/enwik8_small.py).
 # Paper, test BPC (read from the official repository's plot data): SMoE 1.109, RMoE 1.101, RMoE-NP 1.107.
-base = ["config/enwik8_small.py", "--n_layer=18", "--out_dir=out-enwik8-depth18"]
+base = ["config/enwik8_small.py", "--n_layer=18"]
 baseline = "smoe"
 seeds = [1337, 1338, 1339]
 variants = {

@@ -5,11 +5,12 @@ variant of every spec must be a valid train.py command line.
 """
 
 import importlib.util
-from dataclasses import fields
+import os
 from pathlib import Path
 
 import pytest
 
+import compare
 import train
 from configurator import parse_args
 from model import GPTConfig
@@ -78,18 +79,16 @@ def test_the_specs_cover_the_papers_enwik8_comparisons():
         "smoe", "smoe-mlp", "rmoe", "rmoe-np", "rmoe-detach"}  # Tabs. 1 and 5
 
 
-@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
-def test_every_variant_is_a_valid_and_distinct_train_command(path, monkeypatch):
+@pytest.mark.parametrize("path", SPECS + [REPO / "experiments/routers_small.py"], ids=lambda p: p.stem)
+def test_every_variant_is_a_valid_and_distinct_train_command(path, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)  # a spec names config files as a user types them, from the repository root
-    spec = read_spec(path)
-    assert set(spec) == {"base", "baseline", "seeds", "variants"}
-    assert spec["baseline"] in spec["variants"]
-    assert len(set(spec["seeds"])) == len(spec["seeds"]) >= 1 and all(type(s) is int for s in spec["seeds"])
+    spec = compare.read_experiment(str(path), "")  # what compare.py accepts, checked as it checks them
+    runs = compare.plan_runs(spec, [], str(tmp_path))
+    assert len(runs) == len(spec["variants"]) * len(spec["seeds"]) and not os.listdir(tmp_path)
     models = {}
-    for name, args in spec["variants"].items():
-        settings, _ = parse_args(train.default_settings(), spec["base"] + args, "")
-        train.TrainConfig(**{f.name: settings[f.name] for f in fields(train.TrainConfig)})
-        models[name] = GPTConfig(**{k: settings[k] for k in train.MODEL_KEYS})
+    for run in runs:
+        settings, _ = parse_args(train.default_settings(), run["argv"], "")
+        models[run["variant"]] = GPTConfig(**{k: settings[k] for k in train.MODEL_KEYS})
     assert len(set(map(repr, models.values()))) == len(models)  # no two variants train the same model
     assert models[spec["baseline"]].router == "linear"  # compared against SMoE, as in the paper
     depth = path.stem.removeprefix("enwik8_depth")
