@@ -34,7 +34,7 @@ import time
 
 from checkpoint import atomic_write, read_record
 from configurator import ConfigError, fail, parse_args, read_config_file, setting_comments
-from dataset import REPO
+from dataset import REPO, load_dataset
 from train import check_settings, default_settings
 
 DEFAULTS = {
@@ -62,6 +62,8 @@ def main(argv):
     except (ConfigError, ValueError) as e:
         fail(e)
     if not cfg["report_only"]:
+        for dataset in dict.fromkeys(run["dataset"] for run in runs):
+            load_dataset(dataset)  # prepared once, here, not by every run at once; a missing one stops us now
         train_all(runs, cfg["jobs"])
     report(exp, runs, exp_dir)
 
@@ -132,7 +134,8 @@ def plan_runs(exp, overrides, exp_dir):
                 cfg, _ = check_settings(settings)
             except (ConfigError, ValueError) as e:
                 raise ConfigError(f"variant {name}: {e}") from None
-            runs.append({"variant": name, "seed": seed, "dir": run_dir, "argv": argv, "max_iters": cfg.max_iters})
+            runs.append({"variant": name, "seed": seed, "dir": run_dir, "argv": argv, "max_iters": cfg.max_iters,
+                         "dataset": cfg.dataset})
     return runs
 
 
@@ -145,7 +148,7 @@ def train_all(runs, jobs):
     todo = [r for r in runs if not finished(r)]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to train, {jobs} at a time")
     gpus = gpu_count()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_run(jobs)
     running, failed = {}, []  # slot -> (run, process, start time)
 
     def on_term(signum, frame):
@@ -177,6 +180,14 @@ def train_all(runs, jobs):
         sys.exit(130)
     if failed:
         fail(f"{len(failed)} run(s) failed ({'; '.join(failed)}); fix that, then give the same command again")
+
+
+def threads_per_run(jobs):
+    """CPU threads for each of `jobs` runs at once: the cores shared out, or fewer where the user's
+    OMP_NUM_THREADS asks for fewer (a machine shared with other work)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(asked)) if asked.isdigit() and int(asked) > 0 else threads
 
 
 def start(run, slot, gpus, threads):

@@ -97,6 +97,8 @@ BAD = [
     ("baseline not a variant", '{"linear": ["--router=linear"], "rmoe": []}', "",
      "baseline='smoe' is not one of the variants"),
     ("bad model setting", '{"smoe": ["--router=linear"], "rmoe": ["--top_k=9"]}', "", "top_k=9"),
+    ("missing dataset", '{"smoe": ["--router=linear"], "rmoe": ["--dataset=no_such_dataset"]}', "",
+     "dataset 'no_such_dataset' not found"),
 ]
 
 
@@ -107,3 +109,17 @@ def test_a_bad_experiment_is_one_line_before_anything_is_written(tiny_data, tmp_
         compare_here(exp, f"--exp_dir={tmp_path / 'exp'}")
     assert_one_line_exit(exit_info, message)
     assert not os.path.exists(tmp_path / "exp")
+
+
+@pytest.mark.parametrize("cores, jobs, asked, threads", [
+    (2, 1, None, 2), (2, 2, None, 1), (8, 3, None, 2),  # the cores shared out
+    (2, 1, "1", 1), (8, 2, "2", 2),  # the user asked for fewer: a shared machine
+    (2, 1, "4", 2), (2, 1, "", 2), (2, 1, "x", 2),  # never more than the share; nonsense is ignored
+])
+def test_threads_per_run_share_the_cores_and_respect_fewer_asked(monkeypatch, cores, jobs, asked, threads):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    if asked is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", asked)
+    assert compare.threads_per_run(jobs) == threads
