@@ -191,6 +191,13 @@ def fail(message):
     raise SystemExit(f"error: {message}")
 
 
+def inference_autocast(device):
+    """The autocast of sampling and scoring: bf16 on CUDA, as train.py uses it there; off elsewhere."""
+    if device.startswith("cuda"):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type="cpu", enabled=False)
+
+
 def pick_device(name):
     """'auto' is cuda, then mps, then cpu; a named device must exist on this machine."""
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()

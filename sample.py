@@ -25,7 +25,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from dataset import dataset_dir, tokenizer
-from configurator import fail, run_script, script_settings, setting_comments
+from configurator import fail, inference_autocast, run_script, script_settings, setting_comments
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -79,8 +79,7 @@ def main(argv):
     if prompt.numel() == 0:
         fail("the prompt is empty; give at least one character with --start")
 
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.startswith("cuda")
-                else torch.autocast(device_type="cpu", enabled=False))
+    autocast = inference_autocast(device)
     with autocast:
         for _ in range(cfg["num_samples"]):
             out = model.generate(prompt, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"])
