@@ -16,10 +16,10 @@ per MoE layer:
   the mutual information in bits between consecutive layers' top-1 experts, and
   how many distinct top-1 expert paths the tokens take through the depth;
 - expert similarity (App. A.4.3), beside its value for a freshly initialised layer;
-- for a recurrent router: the mean norm of the state h_i and, for the GRU, the mean
-  update gate z_i, the share of h_{i-1} that layer i keeps (Eq. 3).
+- for a router that passes a state: the mean norm of the state h_i and, for the GRU,
+  the mean update gate z_i, the share of h_{i-1} that layer i keeps (Eq. 3).
 --json writes every number; --plots writes PNG pictures (needs matplotlib).
-The metrics themselves live in router.py, where train.py's eval log uses them too.
+The metrics themselves live in rmoe/routing_stats.py, where train.py's eval log uses them too.
 """
 
 import io
@@ -28,17 +28,20 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
+from rmoe.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
 from configurator import fail, run_script, script_settings, setting_comments
 from model import MoE
-from router import (GRUCell, choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
-                    routing_summary)
-from dataset import load_dataset, read_split
+from rmoe import REPO
+from rmoe.dataset import load_dataset, read_split
+from rmoe.routing_stats import (choice_mutual_info, distinct_paths, gate_entropy, gate_mutual_info, routing_by_layer,
+                                routing_summary)
+from router import ROUTERS, GRUCell
 
 DEFAULTS = {
     "ckpts": "out-rmoe-small",  # checkpoint folders (train.py's out_dir), comma-separated, shown side by side
@@ -51,7 +54,6 @@ DEFAULTS = {
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
     "threads": 1,  # CPU threads for torch; 0 = its default (one per core); 1 is fastest on a busy machine
 }
-REPO = os.path.dirname(os.path.abspath(__file__))
 ENTROPY_BINS = 20  # histogram of gate entropy from 0 to ln E
 PLOTS = ("expert_load.png", "gate_entropy.png", "gate_mi.png", "top1_mi.png")  # what --plots writes
 
@@ -133,7 +135,7 @@ def analyze(model, windows, batch_size):
         torch.manual_seed(0)
         fresh = MoE(c)  # the model's own init, for the similarity's scale
     return {
-        "router": c.router + (f" p={c.router_dim}" if c.is_recurrent else ""),
+        "router": c.router + (f" p={c.router_dim}" if "router_dim" in ROUTERS[c.router].settings else ""),
         "n_experts": c.n_experts, "top_k": c.top_k, "block_size": c.block_size,
         "tokens": len(probs[0]),
         "lm_loss": lm_loss,
@@ -159,34 +161,43 @@ def shuffle_tokens(probs):
 
 def route(model, windows, batch_size):
     """Run the windows through the model. Returns per MoE layer probs (N, E) and topk_idx (N, k)
-    of every token, the mean lm loss, and for a recurrent router each layer's mean state norm
-    and mean update gate, read by a hook on the shared cell (called once per layer, in order)."""
-    cell = model.router_core.cell if model.router_core is not None else None
-    calls = []  # (|h_i| per token, mean z_i per token or None), one entry per call of the cell
-
-    def record(cell, inputs, h):
-        x_p, h_prev = inputs
-        # h_{i-1} = 0 at the first layer and in every layer under no passing: z then keeps nothing
-        z = cell.gates(x_p, h_prev)[0].mean(-1) if isinstance(cell, GRUCell) and h_prev.any() else None
-        calls.append((h.norm(dim=-1), z))
-
-    hook = cell.register_forward_hook(record) if cell is not None else None
+    of every token, the mean lm loss, and, for a router that passes a state, each layer's mean
+    state norm |h_i| (a hook on each layer's router) and, for the GRU, its mean update gate z_i
+    (a hook on the shared cell, which runs once per layer, in order)."""
+    routers = [b.mlp.router for b in model.blocks if isinstance(b.mlp, MoE)]
+    norms = [[] for _ in routers]  # per layer: |h_i| per token, one tensor per batch
+    gates = []  # mean z_i per token (None where h_{i-1} = 0), one entry per call of the GRU cell
+    hooks = [r.register_forward_hook(partial(keep_state_norm, n)) for r, n in zip(routers, norms) if r.passes_state]
+    cell = getattr(model.router_core, "cell", None)
+    if isinstance(cell, GRUCell):
+        hooks.append(cell.register_forward_hook(partial(keep_update_gate, gates)))
     routing, loss = [], 0.0
     for batch in windows.split(batch_size):
         _, _, aux = model(batch[:, :-1], batch[:, 1:].contiguous())  # the next tokens are the targets
         routing.append(aux["routing"])
         loss += aux["lm_loss"].item() * len(batch)
-    if hook is not None:
+    for hook in hooks:
         hook.remove()
     layers = routing_by_layer(routing)
     probs, topk_idx = [r.probs for r in layers], [r.topk_idx for r in layers]
     state = {}
-    if cell is not None:
-        per_layer = [calls[i::len(layers)] for i in range(len(layers))]
-        state["state_norm"] = [torch.cat([norm for norm, _ in c]).mean().item() for c in per_layer]
-        state["update_gate"] = [None if c[0][1] is None else torch.cat([z for _, z in c]).mean().item()
-                                for c in per_layer]
+    if any(norms):
+        state["state_norm"] = [torch.cat(n).mean().item() for n in norms]
+        per_layer = [gates[i::len(layers)] for i in range(len(layers))]
+        state["update_gate"] = [None if not g or g[0] is None else torch.cat(g).mean().item() for g in per_layer]
     return probs, topk_idx, loss / len(windows), state
+
+
+def keep_state_norm(norms, router, inputs, output):
+    """A forward hook on a router that passes a state: keep the norm of its h_i per token."""
+    norms.append(output[1].norm(dim=-1))
+
+
+def keep_update_gate(gates, cell, inputs, h):
+    """A forward hook on the GRU cell: keep its mean update gate per token (Eq. 3). Where h_{i-1} = 0
+    (the first layer, and every layer under no passing) z keeps nothing, so None."""
+    x_p, h_prev = inputs
+    gates.append(cell.gates(x_p, h_prev)[0].mean(-1) if h_prev.any() else None)
 
 
 def expert_similarity(w1, w3, w2):

@@ -24,17 +24,17 @@ which times the kernels apart from what the router learned.
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import fields
+from functools import partial
 
 import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
-from configurator import ConfigError, fail, parse_args, run_script, script_settings, setting_comments
+from configurator import ConfigError, fail, parse_args, precision, run_script, script_settings, setting_comments
 from model import GPT, MLP, CausalSelfAttention, GPTConfig, MoE, compile_moe
-from router import LinearRouter, RecurrentRouter, RouterCore
-from train import MODEL_KEYS, TrainConfig, default_settings
+from router import Router, RouterCore
+from rmoe.training import MODEL_KEYS, TrainConfig, default_settings, train_step
 
 DEFAULTS = {
     "config": "config/rmoe_small.py",  # the RMoE training config whose shapes are timed
@@ -72,7 +72,7 @@ def main(argv):
         if not rmoe.is_moe:
             raise ValueError(f"{cfg['config']} is dense (n_experts=0); give an RMoE config (n_experts > 0, "
                              f"router gru or rnn) such as config/rmoe_small.py")
-        if not rmoe.is_recurrent:
+        if not rmoe.has_router_core:
             raise ValueError(f"{cfg['config']} has router={rmoe.router!r}; give an RMoE config (router gru or rnn) "
                              f"such as config/rmoe_small.py")
     except ValueError as e:
@@ -104,8 +104,7 @@ class Bench:
 
     def __init__(self, device, dtype, rounds, uniform, compile):
         self.device, self.rounds, self.uniform, self.compile = device, rounds, uniform, compile
-        self.autocast = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-                         if dtype == "bfloat16" else nullcontext())
+        _, self.autocast = precision(device, dtype)
         self.peak_flops = self.matmul_peak(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
 
     def sync(self):
@@ -151,20 +150,12 @@ class Bench:
     def compiled(self, model):
         return compile_moe(model) if self.compile else model
 
-    def train_step(self, model, batch):
+    def timed_step(self, model, batch):
         if self.uniform:
             self.force_uniform(model)
         optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), self.device.split(":")[0])
         x = torch.randint(0, model.config.vocab_size, batch, device=self.device)
-
-        def step():
-            with self.autocast:
-                _, loss, _ = model(x, x)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step
+        return partial(train_step, model, optimizer, [(x, x)], 1.0, self.autocast)  # train.py's own step
 
     def layer(self, smoe, dense, batch):
         moe, mlp = MoE(smoe).to(self.device), MLP(dense).to(self.device)
@@ -183,7 +174,7 @@ class Bench:
 
     def steps(self, rmoe, smoe, dense, batch):
         models = {name: GPT(c).to(self.device) for name, c in (("RMoE", rmoe), ("SMoE", smoe), ("dense", dense))}
-        step = {name: self.train_step(self.compiled(m), batch) for name, m in models.items()}
+        step = {name: self.timed_step(self.compiled(m), batch) for name, m in models.items()}
         flops = {name: m.flops_per_token() for name, m in models.items()}
         tokens = batch[0] * batch[1]
         for a, b in (("RMoE", "SMoE"), ("SMoE", "dense")):
@@ -210,13 +201,13 @@ class Bench:
         """Self time of every profiled op, attributed to the innermost labelled module; a backward
         op goes where the forward op that created its autograd node ran (same sequence number)."""
         model = GPT(rmoe).to(self.device)
-        labels = {CausalSelfAttention: "attention", MoE: "experts and dispatch",
-                  LinearRouter: "router (Proj_i, G_i)", RecurrentRouter: "router (Proj_i, G_i)",
+        labels = {CausalSelfAttention: "attention", MoE: "experts and dispatch", Router: "router (Proj_i, G_i)",
                   RouterCore: "recurrent cell"}
         for m in model.modules():
-            if type(m) in labels:
-                label(m.cell if isinstance(m, RouterCore) else m, labels[type(m)])
-        step = self.train_step(model, batch)
+            for kind, name in labels.items():
+                if isinstance(m, kind):
+                    label(m.cell if isinstance(m, RouterCore) else m, name)
+        step = self.timed_step(model, batch)
         step()
         with profile() as prof:
             for _ in range(3):  # one step can catch a busy moment of the machine

@@ -32,10 +32,11 @@ import subprocess
 import sys
 import time
 
-from checkpoint import atomic_write, read_record
+from rmoe.checkpoint import atomic_write, read_record
 from configurator import ConfigError, fail, parse_args, read_config_file, setting_comments
-from dataset import REPO, load_dataset
-from train import check_settings, default_settings
+from rmoe import REPO
+from rmoe.dataset import load_dataset
+from rmoe.training import check_settings, default_settings
 
 DEFAULTS = {
     "exp_dir": "",  # folder of the runs and the report (default: out-compare/<experiment file's name>)

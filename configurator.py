@@ -15,8 +15,9 @@ A float setting must be finite, wherever its value comes from. --help prints eve
 setting with its value and what it means; the meanings are the trailing comments of the
 defaults in the source, read by setting_comments(), so they are written once.
 
-Also here: fail(), the one-line exit for bad input, pick_device(), set_threads(),
-script_settings() for the scripts that only read settings and a device, and run_script().
+Also here, what every script shares: fail(), the one-line exit for bad input; pick_device(),
+precision() and set_threads(); script_settings() for the scripts that only read settings and a
+device; run_script() and say(), what a closed output pipe does.
 """
 
 import ast
@@ -186,16 +187,30 @@ def run_script(main, argv):
         sys.exit(141)
 
 
+def say(text):
+    """print for a long job: a closed pipe (train.py | head) does not stop it; the rest of its output goes
+    nowhere. (run_script is the policy of the short scripts: they stop.)"""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
+
+
 def fail(message):
     """One line on stderr and a non-zero exit: bad input is not a traceback."""
     raise SystemExit(f"error: {message}")
 
 
-def inference_autocast(device):
-    """The autocast of sampling and scoring: bf16 on CUDA, as train.py uses it there; off elsewhere."""
-    if device.startswith("cuda"):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return torch.autocast(device_type="cpu", enabled=False)
+def precision(device, dtype="auto"):
+    """(dtype name, autocast context) of a device: bfloat16 autocast, or float32 with no autocast.
+    "auto" is bfloat16 on a CUDA GPU that has it, float32 elsewhere; every script takes its
+    precision from here."""
+    device_type = device.split(":")[0]
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return dtype, torch.autocast(device_type=device_type, enabled=False)
+    return dtype, torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
 def pick_device(name):

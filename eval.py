@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import fail, inference_autocast, run_script, script_settings, setting_comments
-from dataset import data_fingerprint, load_dataset, read_split
+from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
+from configurator import fail, precision, run_script, script_settings, setting_comments
+from rmoe.dataset import data_fingerprint, load_dataset, read_split
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -110,7 +110,7 @@ def split_loss(model, data, stride, batch_size, device):
         fail(f"a split of {n_tokens} token has nothing to predict")
     size = min(model.config.block_size, n_tokens - 1)
     todo = windows(n_tokens, model.config.block_size, stride)
-    autocast = inference_autocast(device)
+    _, autocast = precision(device)
     total, count = 0.0, 0
     for i in range(0, len(todo), batch_size):
         batch = todo[i:i + batch_size]

@@ -13,13 +13,13 @@ The router itself (linear, MLP, GRU/RNN recurrent) lives in router.py.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from router import CELLS, ROUTERS, RouterCore, Routing, aux_losses, make_router, slots_per_expert
+from router import ROUTERS, RouterCore, Routing, aux_losses, make_router, slots_per_expert
 
 ROUTER_PASSING = ("full", "none", "detach")
 
@@ -30,19 +30,19 @@ class GPTConfig:
     vocab_size: int = 50304  # set from the dataset by train.py
     n_layer: int = 4  # transformer blocks, each with an MoE layer (or a dense MLP)
     n_head: int = 4  # attention heads per block
-    n_embd: int = 128  # width of the residual stream (h in the paper)
+    n_embd: int = 128  # width of the residual stream (the paper's d; h is the router state)
     dropout: float = 0.0  # dropout probability in attention and feed-forward outputs, 0 = off
     # feed-forward: Mixture-of-Experts in every block, or a dense MLP when n_experts = 0
     n_experts: int = 8  # experts per MoE layer (N in the paper); 0 = a dense MLP instead
-    top_k: int = 2  # experts per token
+    top_k: int = 2  # experts per token (the MoE top-k; sample.py's --top_k is about sampled tokens)
     mlp_hidden: int = 256  # hidden width of each expert's SwiGLU MLP (of the dense MLP when n_experts = 0)
     norm_topk: bool = True  # renormalise the k gate weights to sum to 1
     # router (router.py)
-    router: str = "gru"  # linear (SMoE) | mlp (SMoE-MLP) | gru, rnn (RMoE with that cell)
-    router_dim: int = 128  # p, the recurrent state size (the paper's default)
-    router_passing: str = "full"  # full: h_{i-1} -> h_i | none: NP, h_0 at every layer | detach
-    router_shared_proj: bool = False  # S-proj ablation: one projection for all layers
-    router_mlp_hidden: int = 256  # hidden width of the SMoE-MLP router
+    router: str = "gru"  # linear (SMoE) | mlp (SMoE-MLP) | gru, rnn (RMoE with that cell); router.ROUTERS
+    router_dim: int = 128  # p, the recurrent state size (the paper's default); gru and rnn only, others ignore it
+    router_passing: str = "full"  # full: h_{i-1} -> h_i | none: NP, h_0 at every layer | detach (gru, rnn)
+    router_shared_proj: bool = False  # S-proj ablation: one projection for all layers (gru, rnn)
+    router_mlp_hidden: int = 256  # hidden width of the SMoE-MLP router; router=mlp only, others ignore it
     lb_loss_coef: float = 0.01  # load-balance loss weight (the paper's 0.01)
     z_loss_coef: float = 0.0  # router z-loss weight (off in the paper)
 
@@ -66,10 +66,15 @@ class GPTConfig:
             raise ValueError(f"router={self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.router_passing not in ROUTER_PASSING:
             raise ValueError(f"router_passing={self.router_passing!r} is not one of {', '.join(ROUTER_PASSING)}")
-        if not self.is_recurrent and (self.router_passing != "full" or self.router_shared_proj):
-            raise ValueError(f"router_passing and router_shared_proj only apply to recurrent routers "
-                             f"({', '.join(CELLS)}) with n_experts > 0, not router={self.router!r}, "
-                             f"n_experts={self.n_experts}")
+        # a switch the router does not read would be silently ignored: the run would not be the ablation asked for
+        reads = ROUTERS[self.router].settings if self.is_moe else ()
+        for f in fields(self):
+            default = f.default
+            if f.name.startswith("router_") and isinstance(default, (str, bool)) and f.name not in reads \
+                    and getattr(self, f.name) != default:
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} does not apply to router={self.router!r}"
+                                 + ("" if self.is_moe else " in a dense model (n_experts=0)")
+                                 + f"; leave it at {default!r} or pick a router that reads it")
         if self.lb_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError("lb_loss_coef and z_loss_coef must be >= 0")
 
@@ -78,8 +83,9 @@ class GPTConfig:
         return self.n_experts > 0
 
     @property
-    def is_recurrent(self):
-        return self.is_moe and self.router in CELLS
+    def has_router_core(self):
+        """Whether the GPT holds a router cell shared by all layers."""
+        return self.is_moe and ROUTERS[self.router].cell is not None
 
 
 class CausalSelfAttention(nn.Module):
@@ -164,6 +170,7 @@ class MoE(nn.Module):
         self.top_k = config.top_k
         self.norm_topk = config.norm_topk
         self.router = make_router(config)
+        self.passing = config.router_passing if self.router.passes_state else "full"
         # experts stacked in single tensors: every expert is in the autograd graph every step
         self.w1 = nn.Parameter(torch.randn(E, C, H) * 0.02)
         self.w3 = nn.Parameter(torch.randn(E, C, H) * 0.02)
@@ -173,8 +180,12 @@ class MoE(nn.Module):
     def forward(self, x, h, core):
         B, T, C = x.shape
         x = x.view(B * T, C)  # (N, C) routing is per token
+        if self.passing == "none":
+            h = None  # NP: every layer starts from h_0
+        elif self.passing == "detach" and h is not None:
+            h = h.detach()  # keep what h_{i-1} says, cut the recurrent gradient through it
         logits, h = self.router(x, h, core)  # (N, E); h is the router state after this layer
-        probs = F.softmax(logits.float(), dim=-1)  # (N, E) fp32 softmax over all experts
+        probs = self.router.score(logits)  # (N, E) fp32 gate scores, each row sums to 1 (softmax: Eq. 1)
         weights, topk_idx = probs.topk(self.top_k, dim=-1)  # (N, k)
         if self.norm_topk:
             weights = weights / weights.sum(dim=-1, keepdim=True)  # the k weights sum to 1
@@ -238,7 +249,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         # the recurrent cell shared by all layers (Eq. 5); linear routers have nothing shared
-        self.router_core = RouterCore(config) if config.is_recurrent else None
+        self.router_core = RouterCore(config) if config.has_router_core else None
         self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input and output embeddings

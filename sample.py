@@ -23,9 +23,9 @@ import sys
 
 import torch
 
-from checkpoint import load_checkpoint, model_from_checkpoint
-from dataset import dataset_dir, tokenizer
-from configurator import fail, inference_autocast, run_script, script_settings, setting_comments
+from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
+from rmoe.dataset import dataset_dir, tokenizer
+from configurator import fail, precision, run_script, script_settings, setting_comments
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -79,7 +79,7 @@ def main(argv):
     if prompt.numel() == 0:
         fail("the prompt is empty; give at least one character with --start")
 
-    autocast = inference_autocast(device)
+    _, autocast = precision(device)
     with autocast:
         for _ in range(cfg["num_samples"]):
             out = model.generate(prompt, cfg["max_new_tokens"], temperature=cfg["temperature"], top_k=cfg["top_k"])

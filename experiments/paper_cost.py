@@ -16,9 +16,9 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import train  # noqa: E402
 from configurator import parse_args  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from rmoe.training import MODEL_KEYS, default_settings  # noqa: E402
 
 ENWIK8_VOCAB = 256  # bytes
 RUNS = [("medium, Tab. 1", ["config/enwik8_medium.py"]),
@@ -31,9 +31,9 @@ UTILISATIONS = (0.3, 0.5)
 
 def paper_model(argv):
     """(settings, GPT on the meta device) for train.py's command-line arguments, with enwik8's vocabulary."""
-    settings, _ = parse_args(train.default_settings(), argv, "")
+    settings, _ = parse_args(default_settings(), argv, "")
     with torch.device("meta"):  # parameter shapes only: a 24-layer model costs no memory or time
-        model = GPT(GPTConfig(**{k: settings[k] for k in train.MODEL_KEYS}, vocab_size=ENWIK8_VOCAB))
+        model = GPT(GPTConfig(**{k: settings[k] for k in MODEL_KEYS}, vocab_size=ENWIK8_VOCAB))
     return settings, model
 
 

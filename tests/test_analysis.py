@@ -14,11 +14,12 @@ import torch
 
 import analyze
 import sample
-from checkpoint import save_checkpoint
+from rmoe.checkpoint import save_checkpoint
 from model import GPT, GPTConfig
-from router import (Routing, choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
-                    routing_by_layer, routing_summary)
-from dataset import load_dataset
+from rmoe.routing_stats import (choice_mutual_info, contingency, distinct_paths, gate_mutual_info, median, mutual_info,
+                                routing_by_layer, routing_summary)
+from router import Routing
+from rmoe.dataset import load_dataset
 
 
 def test_routing_of_several_passes_is_joined_per_layer_in_pass_order():

@@ -17,7 +17,7 @@ import pytest
 import tiktoken
 from tiktoken_ext import openai_public
 
-import gpt2_bpe
+from rmoe import gpt2_bpe
 from conftest import assert_one_line_error, sample_text
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import signal
 import pytest
 
 import compare
-from checkpoint import read_record
+from rmoe.checkpoint import read_record
 from conftest import TINY, assert_one_line_exit, train_here
 
 

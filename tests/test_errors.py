@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import claim
+from rmoe.checkpoint import claim
 from conftest import TINY, assert_one_line_error, assert_one_line_exit, run, sample_text, train_here
 
 TRAIN, SAMPLE, PREPARE = "train.py", "sample.py", "data/shakespeare_char/prepare.py"

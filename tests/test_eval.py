@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import eval as eval_script
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from rmoe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import assert_one_line_exit
-from dataset import read_split
+from rmoe.dataset import read_split
 
 
 @pytest.mark.parametrize("n_tokens, block_size, stride", [

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import analyze
-from checkpoint import atomic_write, load_checkpoint, read_record, save_checkpoint
+from rmoe.checkpoint import atomic_write, load_checkpoint, read_record, save_checkpoint
 from conftest import REPO, TINY, assert_one_line_error, run, train, train_here
 
 RESUME = ["--init_from=resume", "--max_iters=6", "--eval_interval=1", "--always_save_checkpoint=True"]

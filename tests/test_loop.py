@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, read_record
+from rmoe.checkpoint import load_checkpoint, read_record
 from conftest import train_here
 from model import GPT, GPTConfig
-from train import TrainConfig, evaluate, learning_rate, train_batches, train_step
+from rmoe.training import TrainConfig, evaluate, learning_rate, train_batches, train_step
 
 
 def tiny_model(**overrides):
@@ -171,7 +171,7 @@ def test_dropout_acts_in_training_mode_only():
 
 
 def test_evaluate_is_deterministic_and_leaves_the_model_training(tiny_data):
-    from dataset import read_split
+    from rmoe.dataset import read_split
     model = tiny_model(dropout=0.5, vocab_size=64)
     data = {split: read_split(tiny_data, split) for split in ("train", "val")}
     cfg = TrainConfig(eval_iters=3, batch_size=2)

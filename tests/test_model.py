@@ -77,7 +77,7 @@ def test_dispatch_equals_brute_force(router, shared_proj, norm_topk):
     torch.manual_seed(0)
     config = tiny_config(router=router, norm_topk=norm_topk, n_experts=5, top_k=2, router_shared_proj=shared_proj)
     moe = MoE(config)
-    core = RouterCore(config) if config.is_recurrent else None
+    core = RouterCore(config) if config.has_router_core else None
     x = torch.randn(3, 7, 16, requires_grad=True)
     h = torch.randn(21, 6) if core else None
     y, _, _ = moe(x, h, core)
@@ -358,7 +358,9 @@ def test_kv_cache_is_fed_one_token_at_a_time():
     (dict(n_embd=15), "not divisible by n_head"),
     (dict(router_dim=0), "router_dim=0 must be at least 1"),
     (dict(router="lstm"), "router='lstm' is not one of"),
-    (dict(router="linear", router_passing="none"), "only apply to recurrent routers"),
+    (dict(router="linear", router_passing="none"), "router_passing='none' does not apply to router='linear'"),
+    (dict(router="mlp", router_shared_proj=True), "router_shared_proj=True does not apply to router='mlp'"),
+    (dict(n_experts=0, router_passing="detach"), "does not apply to router='gru' in a dense model"),
 ])
 def test_bad_model_config_is_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import compare
-import train
+from rmoe import training as train
 from configurator import parse_args
 from model import GPTConfig
 

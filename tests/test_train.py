@@ -11,12 +11,12 @@ import signal
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, read_record
+from rmoe.checkpoint import load_checkpoint, read_record
 from configurator import ConfigError, parse_args, pick_device
 from conftest import REPO, TINY, run, sample_text, train, train_here
-import train as train_module
+import train as train_module  # noqa: the script's main(), run in this process
 from model import GPT, GPTConfig
-from train import MODEL_KEYS, TrainConfig, default_settings
+from rmoe.training import MODEL_KEYS, TrainConfig, default_settings
 
 DEFAULTS = {"learning_rate": 1e-3, "max_iters": 100, "router": "gru", "compile": False}
 
@@ -178,7 +178,7 @@ def test_bpe_tokenizer_round_trips(monkeypatch):
     hand-made byte-level encoding stands in for the real one, which needs a download."""
     import tiktoken
 
-    import dataset
+    from rmoe import dataset
 
     byte_level = tiktoken.Encoding(name="bytes", pat_str=r"\S+|\s+", special_tokens={"<|endoftext|>": 256},
                                    mergeable_ranks={bytes([i]): i for i in range(256)})

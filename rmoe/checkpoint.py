@@ -1,5 +1,6 @@
 """
-What a run keeps in its out_dir: the checkpoint, the record (log.jsonl), and a lock.
+What a run keeps in its out_dir: the checkpoint, the record (log.jsonl), and a lock; and Run,
+the object through which train.py touches them and through which its processes stop together.
 
 Checkpoints: written atomically, read with weights_only=True and checked once, turned back into
 the exact model. atomic_write() here writes every file the project writes.
@@ -14,14 +15,18 @@ validation loss and the RNG state.
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
+import signal
+import sys
 import zipfile
 from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
 
+from configurator import fail, say
 from model import GPT, GPTConfig
 
 try:
@@ -218,3 +223,136 @@ def read_record(out_dir):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+class Run:
+    """A training run's hold on its out_dir, and the rules by which its processes stop.
+
+    The master process (rank 0) owns the out_dir: it locks it, keeps the record and writes the
+    checkpoint. A problem there (a failed write, a non-finite evaluation) is kept until the next
+    point where all processes meet, and then every process exits with it: one that exited alone
+    would leave the others waiting forever. Ctrl-C finishes the current step, saves it and exits
+    with code 130.
+
+        Run(...)            claim out_dir and open the record (a new run refuses an existing checkpoint)
+        log(entry)          append one record to log.jsonl
+        save(...)           write ckpt.pt at the current step
+        stop_on_problem()   every process exits with the master's problem, if it has one
+        check_step(losses)  the one host sync of a step: its losses, and a stop for any process's problem
+        finish(...)         the end record and the closing line, then release everything
+    """
+
+    def __init__(self, cfg, vocab, fingerprint, resume_step, ddp, world_size, device_type):
+        self.cfg, self.vocab, self.fingerprint = cfg, vocab, fingerprint
+        self.ddp, self.world_size, self.device_type = ddp, world_size, device_type
+        self.master = not ddp or dist.get_rank() == 0
+        self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        self.saved_step = resume_step  # the step ckpt.pt holds, None while it holds nothing of this run
+        self.problem = None  # the master's: every process stops on it at the next meeting point
+        self.interrupted = False
+        self.lock = self.record = None
+        if self.master:
+            try:
+                os.makedirs(cfg.out_dir, exist_ok=True)
+                self.lock = claim(cfg.out_dir)  # held until this process ends
+                if resume_step is None and os.path.exists(self.ckpt_path):
+                    self.problem = (f"{self.ckpt_path} already exists; continue it with --init_from=resume, or "
+                                    f"pick a new --out_dir (nothing was overwritten)")
+                else:
+                    self.record = Record(cfg.out_dir, resume_step)
+            except (OSError, ValueError) as e:
+                self.problem = str(e) if isinstance(e, ValueError) else (
+                    f"cannot write in out_dir {cfg.out_dir} ({e.strerror}); pick another --out_dir")
+        self.stop_on_problem()
+        signal.signal(signal.SIGINT, self.on_interrupt)
+
+    def on_interrupt(self, signum, frame):
+        self.interrupted = True  # the loop finishes its step, saves and exits
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    def log(self, entry):
+        """Append one record (master); a failed write stops every process at the next meeting point."""
+        if self.master and self.problem is None:
+            self.problem = self.record.write(entry)
+
+    def nonfinite(self, what, step):
+        kept = f"{self.ckpt_path} keeps the last good state" if os.path.exists(self.ckpt_path) else "nothing was saved"
+        return (f"{what} at step {step}; training stopped and {kept}; lower --learning_rate or raise "
+                f"--warmup_iters, then resume or start again")
+
+    def check_finite(self, loss, step):
+        """A non-finite evaluation (a finite step can leave non-finite weights) stops the run unsaved."""
+        if self.problem is None and not math.isfinite(loss):
+            self.problem = self.nonfinite(f"the evaluation loss is {loss}", step)
+
+    def rng_states(self):
+        return gather_rng_states(self.ddp, self.world_size, self.device_type)  # a collective
+
+    def save(self, model, optimizer, progress, rng):
+        """Write ckpt.pt at progress["iter_num"] (master, and never after a problem)."""
+        if not self.master or self.problem is not None:
+            return
+        try:
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "model_config": asdict(model.config), "train_config": asdict(self.cfg),
+                             "vocab": self.vocab, "data_sha256": self.fingerprint, **progress, "rng": rng},
+                            self.ckpt_path)
+        except ValueError as e:
+            self.problem = str(e)
+            return
+        self.saved_step = progress["iter_num"]
+        say(f"  saved {self.ckpt_path}")
+
+    def stop_on_problem(self):
+        """Every process exits with the master's problem, if it has one (a collective under DDP)."""
+        problem = self.problem
+        if self.ddp:
+            shared = [problem]
+            dist.broadcast_object_list(shared, src=0)
+            problem = shared[0]
+        if problem:
+            fail(problem)
+
+    def check_step(self, step_losses, step):
+        """The step's loss sums as floats, after its one host sync, where a non-finite loss, a Ctrl-C
+        or the master's problem in any process becomes every process's. A non-finite loss exits at
+        once, unsaved; an interrupt is left to save_and_exit."""
+        flags = torch.tensor([float(self.interrupted), float(self.problem is not None)], device=step_losses.device)
+        stop = torch.cat([step_losses, flags])
+        if self.ddp:
+            dist.all_reduce(stop)  # a sum: NaN or inf from any process stays non-finite
+        *loss_sums, interrupts, problems = stop.tolist()
+        if problems:
+            self.stop_on_problem()
+        if not math.isfinite(sum(loss_sums)):
+            fail(self.nonfinite(f"loss is {sum(loss_sums)}", step))  # every process saw it
+        self.interrupted = interrupts > 0
+        return loss_sums
+
+    def save_and_exit(self, model, optimizer, progress):
+        """After Ctrl-C: save the current step (in place of the best one) and exit with code 130."""
+        self.save(model, optimizer, progress, self.rng_states())  # no save after a problem: the record missed a step
+        if self.master and self.problem is None:
+            say(f"interrupted: saved {self.ckpt_path} at step {progress['iter_num']}, the current state (it "
+                f"replaces the best one); continue it with --init_from=resume")
+        self.stop_on_problem()
+        self.close()
+        sys.exit(130)  # the shell's code for a run stopped by Ctrl-C
+
+    def finish(self, progress, tokens, wall_s):
+        """The end record and the closing line; then the out_dir is free for the next run."""
+        if self.master:
+            self.log({"kind": "end", "step": progress["iter_num"], "tokens": tokens,
+                      "best_val_loss": progress["best_val_loss"], "best_step": progress["best_step"], "wall_s": wall_s})
+            kept = (f"{self.ckpt_path} holds step {self.saved_step}" if self.saved_step is not None
+                    else "nothing was saved")
+            say(f"done: step {progress['iter_num']}, {tokens:,} tokens in {wall_s / 60:.1f} min; best val loss "
+                f"{progress['best_val_loss']:.4f} at step {progress['best_step']}; {kept}")
+            self.lock.close()
+            if self.problem:
+                fail(self.problem)
+        self.close()
+
+    def close(self):
+        if self.ddp:
+            dist.destroy_process_group()

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from configurator import fail
+from rmoe import REPO
 
-REPO = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_dataset(name, master=True, ddp=False):
@@ -78,7 +78,7 @@ def tokenizer(vocab, data_dir=None):
     if vocab is None:
         try:
             if data_dir and os.path.exists(os.path.join(data_dir, "encoder.json")):
-                from gpt2_bpe import gpt2_encoding
+                from rmoe.gpt2_bpe import gpt2_encoding
                 enc = gpt2_encoding(data_dir)
             else:
                 import tiktoken
