@@ -26,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE.parent  # train.py finds --dataset=<name> as data/<name>/
 sys.path.insert(0, str(DATA_DIR.parent))  # the repository root, for gpt2_bpe
-import gpt2_bpe  # noqa: E402
+from rmoe import gpt2_bpe  # noqa: E402
 
 # The text, the one-line errors and the atomic writes are shakespeare_char's.
 _spec = importlib.util.spec_from_file_location("shakespeare_char_prepare", DATA_DIR / "shakespeare_char" / "prepare.py")
