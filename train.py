@@ -63,27 +63,7 @@ def main(argv):
     data, vocab, fingerprint = read_data(cfg.dataset, block_size, master, ddp, ckpt)
 
     # ---- model, optimizer, and where training starts
-    if ckpt is None:
-        model = GPT(GPTConfig(**model_settings, vocab_size=vocab_size(vocab)))
-        progress = {"iter_num": 0, "best_val_loss": float("inf"), "best_step": None}
-    else:
-        ckpt["model_config"].update({k: model_settings[k] for k in RESUME_MAY_CHANGE})
-        try:
-            model = model_from_checkpoint(ckpt, ckpt_path)
-        except ValueError as e:
-            fail(e)
-        progress = {"iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"],
-                    "best_step": ckpt.get("best_step")}
-    model.to(device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
-        set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])], device_type)
-    raw_model = model
-    if cfg.compile:
-        model = compile_moe(model)
-    if ddp:
-        model = DDP(model, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
+    model, raw_model, optimizer, progress = build(cfg, model_settings, vocab, ckpt, ckpt_path, device, rank, ddp)
 
     # ---- the run owns out_dir from here on: lock, record, checkpoint, and stopping together
     run = Run(cfg, vocab, fingerprint, None if ckpt is None else ckpt["iter_num"], ddp, world_size, device_type)
@@ -145,6 +125,32 @@ def main(argv):
             run.save_and_exit(raw_model, optimizer, progress)
 
     run.finish(progress, progress["iter_num"] * tokens_per_step, time.time() - started)
+
+
+def build(cfg, model_settings, vocab, ckpt, ckpt_path, device, rank, ddp):
+    """(the model to train: compiled and DDP-wrapped as asked, the model itself, its optimizer, the progress),
+    new, or exactly as the checkpoint left them."""
+    device_type = device.split(":")[0]
+    if ckpt is None:
+        model = GPT(GPTConfig(**model_settings, vocab_size=vocab_size(vocab)))
+        progress = {"iter_num": 0, "best_val_loss": float("inf"), "best_step": None}
+    else:
+        ckpt["model_config"].update({k: model_settings[k] for k in RESUME_MAY_CHANGE})
+        try:
+            model = model_from_checkpoint(ckpt, ckpt_path)
+        except ValueError as e:
+            fail(e)
+        progress = {"iter_num": ckpt["iter_num"], "best_val_loss": ckpt["best_val_loss"],
+                    "best_step": ckpt.get("best_step")}
+    model.to(device)
+    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+        set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])], device_type)
+    trained = compile_moe(model) if cfg.compile else model
+    if ddp:
+        trained = DDP(trained, device_ids=[torch.cuda.current_device()] if device_type == "cuda" else None)
+    return trained, model, optimizer, progress
 
 
 def read_data(dataset, block_size, master, ddp, ckpt):
