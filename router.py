@@ -29,9 +29,7 @@ cell instead of the GRU).
 
 Losses: load_balance_loss (one formula, value top_k at perfect balance) and
 z_loss, per layer; aux_losses averages them over the layers of a forward pass.
-Routing statistics (the paper's analysis metrics: expert load, gate entropy,
-inner/outer balance, cross-layer mutual information) close the file; train.py
-logs them at eval and analyze.py reports them.
+The routing statistics (the paper's analysis metrics) live in rmoe/routing_stats.py.
 """
 
 import math

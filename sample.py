@@ -33,7 +33,7 @@ DEFAULTS = {
     "num_samples": 3,  # how many texts to generate, each from the same prompt
     "max_new_tokens": 500,  # tokens (characters) to add to the prompt in each sample
     "temperature": 0.8,  # 1.0 samples the model's distribution, < 1 sharper, 0 greedy (argmax)
-    "top_k": 200,  # sample only among the k likeliest tokens
+    "top_k": 200,  # sample only among the k likeliest next tokens (nanoGPT's name; not the model's top_k experts)
     "seed": 1337,  # random seed of the sampling; the same seed gives the same texts
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
     "trace": False,  # show which experts each token went to in each MoE layer
