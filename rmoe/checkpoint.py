@@ -234,12 +234,14 @@ class Run:
     would leave the others waiting forever. Ctrl-C finishes the current step, saves it and exits
     with code 130.
 
-        Run(...)            claim out_dir and open the record (a new run refuses an existing checkpoint)
-        log(entry)          append one record to log.jsonl
-        save(...)           write ckpt.pt at the current step
-        stop_on_problem()   every process exits with the master's problem, if it has one
-        check_step(losses)  the one host sync of a step: its losses, and a stop for any process's problem
-        finish(...)         the end record and the closing line, then release everything
+        Run(...)             claim out_dir and open the record (a new run refuses an existing checkpoint)
+        log(entry)           append one record to log.jsonl
+        check_finite(loss)   a non-finite evaluation becomes the run's problem
+        save(...)            write ckpt.pt at the current step, with every process's RNG (rng_states())
+        stop_on_problem()    every process exits with the master's problem, if it has one
+        check_step(losses)   the one host sync of a step: its losses, and a stop for any process's problem
+        save_and_exit(...)   after Ctrl-C
+        finish(...)          the end record and the closing line, then release everything
     """
 
     def __init__(self, cfg, vocab, fingerprint, resume_step, ddp, world_size, device_type):
