@@ -275,7 +275,8 @@ def dataset_problem(folder):
         return None  # made by hand or by nanoGPT: taken as it is
     if listed == {"unfinished": True}:
         return f"{folder} was left unfinished by a prepare script that stopped before the end"
-    if not (isinstance(listed, dict) and isinstance(listed.get("files"), dict)):
+    if not (isinstance(listed, dict) and isinstance(listed.get("files"), dict)
+            and all(isinstance(entry, dict) for entry in listed["files"].values())):
         return f"{Path(folder) / MANIFEST} is not the list of files a prepare script writes"
     for name in DATASET_FILES:
         path = Path(folder) / name

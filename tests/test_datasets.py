@@ -50,13 +50,15 @@ def run_script(script, *args):
 
 # ---- replacing takes --replace, the same in every prepare script
 
-SCRIPTS = {"shakespeare_char": ["--input={tmp}/t.txt"], "shakespeare": ["--input={tmp}/t.txt", "--bpe_wheel={tmp}/w.whl"],
-           "enwik8": ["--zip={tmp}/enwik8.zip"]}
+RUNS = [("shakespeare_char", ["--input={tmp}/t.txt"]), ("shakespeare_char", ["--sdist={tmp}/s.tar.gz"]),
+        ("shakespeare_char", ["--source=tiny"]), ("shakespeare", ["--input={tmp}/t.txt", "--bpe_wheel={tmp}/w.whl"]),
+        ("shakespeare", ["--sdist={tmp}/s.tar.gz"]), ("enwik8", ["--zip={tmp}/enwik8.zip"]), ("enwik8", [])]
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize("name, args", RUNS, ids=[f"{name} {' '.join(args)}" for name, args in RUNS])
 @pytest.mark.parametrize("manifest", [True, False], ids=["prepared", "made by hand"])
-def test_every_prepare_script_refuses_to_replace_a_dataset_unasked(tmp_path, name, manifest):
+def test_every_prepare_script_refuses_to_replace_a_dataset_unasked(tmp_path, name, args, manifest):
+    """Refused before any source is read or downloaded: none of these exists, and there is no network."""
     out = tmp_path / "out"
     if manifest:
         prepare.write_dataset(out, OLD)
@@ -65,8 +67,7 @@ def test_every_prepare_script_refuses_to_replace_a_dataset_unasked(tmp_path, nam
         (out / "val.bin").write_bytes(b"made by hand")
     before = contents(out)
 
-    result = run_script(REPO / "data" / name / "prepare.py", *[a.format(tmp=tmp_path) for a in SCRIPTS[name]],
-                        f"--out_dir={out}")
+    result = run_script(REPO / "data" / name / "prepare.py", *[a.format(tmp=tmp_path) for a in args], f"--out_dir={out}")
 
     assert_one_line_error(result, f"{out} already holds a dataset", "pass another --out_dir, or --replace to replace it")
     assert contents(out) == before
@@ -162,6 +163,7 @@ def change_a_byte(path):
     (lambda out: (out / "test.bin").write_bytes(b"\0\0"), "test.bin is not one of the files dataset.json lists"),
     (lambda out: (out / "dataset.json").write_text("{half"), "dataset.json is not the list of files a prepare "
                                                              "script writes"),
+    (lambda out: (out / "dataset.json").write_text('{"files": {"train.bin": 3}}'), "dataset.json is not the list"),
 ])
 def test_a_prepared_folder_whose_files_changed_is_refused(tmp_path, change, problem):
     out = tmp_path / "out"
