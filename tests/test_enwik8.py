@@ -76,7 +76,8 @@ def test_split_keeps_file_order_and_every_byte_as_its_token(tmp_path):
     data = wiki_bytes(200)
     parts = prepare.split(unzip(make_zip(tmp_path / "e.zip", "enwik8", data), data), SMALL)
 
-    assert {name: len(ids) for name, ids in parts.items()} == SMALL and all(ids.dtype == np.uint16 for ids in parts.values())
+    assert {name: len(ids) for name, ids in parts.items()} == SMALL
+    assert all(ids.dtype == np.uint16 for ids in parts.values())
     assert bytes(np.concatenate([parts["train"], parts["val"], parts["test"]]).astype(np.uint8)) == data
     assert bytes(parts["val"].astype(np.uint8)) == data[180:190] and bytes(parts["test"].astype(np.uint8)) == data[190:]
     assert max(ids.max() for ids in parts.values()) > 127  # bytes of multi-byte characters are tokens too
