@@ -199,6 +199,7 @@ def split_text(text):
 # ---- writing a dataset folder
 
 MANIFEST = "dataset.json"
+UNFINISHED = {"unfinished": True}  # dataset.json while a prepare replaces files
 DATASET_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl", "encoder.json", "vocab.bpe")
 
 
@@ -206,9 +207,8 @@ def check_out_dir(out_dir, replace):
     """Refuse, before any work, an output folder that is a file or holds a dataset to keep."""
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"output folder {out_dir} is a file; pass another --out_dir")
-    unfinished = manifest(out_dir) == {"unfinished": True}  # nothing in it worth keeping
     held = [name for name in (MANIFEST, *DATASET_FILES) if (out_dir / name).exists()]
-    if held and not replace and not unfinished:
+    if held and not replace and manifest(out_dir) != UNFINISHED:  # an unfinished one holds nothing to keep
         raise PrepareError(f"{out_dir} already holds a dataset ({', '.join(held)}); pass another --out_dir, "
                            "or --replace to replace it")
 
@@ -218,7 +218,7 @@ def write_dataset(out_dir, files):
 
     The new files go to temporary names first; then dataset.json is marked unfinished, the files
     are moved into place, and dataset.json lists them. A kill at any moment leaves the old
-    dataset, the new one, or a folder marked unfinished.
+    dataset, the new one, or a folder marked unfinished; so does a failed write, which says which.
     """
     files = {name: memoryview(data).cast("B") for name, data in files.items()}
     empty = [name for name, data in files.items() if name.endswith(".bin") and not data.nbytes]
@@ -226,35 +226,45 @@ def write_dataset(out_dir, files):
         raise PrepareError(f"{', '.join(empty)} would be empty; use a longer text")
     listing = {name: {"size": data.nbytes, "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
     temps = {name: out_dir / f".{name}.tmp" for name in files}  # same folder, so os.replace is atomic
+    marked = False
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             temps[name].write_bytes(data)
-        write_file(out_dir / MANIFEST, json.dumps({"unfinished": True}).encode())
+        replace_file(out_dir / MANIFEST, json.dumps(UNFINISHED).encode())
+        marked = True
         for name in DATASET_FILES:
             if name in files:
                 os.replace(temps[name], out_dir / name)
             else:
                 (out_dir / name).unlink(missing_ok=True)  # the old dataset's, e.g. a test.bin
-        write_file(out_dir / MANIFEST, json.dumps({"files": listing}, indent=1).encode())
+        replace_file(out_dir / MANIFEST, json.dumps({"files": listing}, indent=1).encode())
     except OSError as e:
         for temp in temps.values():
             temp.unlink(missing_ok=True)
-        raise PrepareError(f"cannot write {e.filename or 'output'}: {e.strerror}; "
-                           "check the output folder and free disk space") from None
+        left = f"{out_dir} is marked unfinished" if marked else "the output folder is as it was"
+        raise PrepareError(f"cannot write {e.filename or out_dir}: {e.strerror}; {left}: "
+                           "free disk space or pick another --out_dir, and run again") from None
 
 
 def write_file(path, data):
+    """replace_file, with a one-line error."""
+    try:
+        replace_file(path, data)
+    except OSError as e:
+        raise PrepareError(f"cannot write {e.filename or path}: {e.strerror}; "
+                           "check the output folder and free disk space") from None
+
+
+def replace_file(path, data):
     """Write bytes to path through a temporary file beside it, so path is never half written."""
     temp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp.write_bytes(data)
         os.replace(temp, path)
-    except OSError as e:
+    finally:
         temp.unlink(missing_ok=True)
-        raise PrepareError(f"cannot write {e.filename or path}: {e.strerror}; "
-                           "check the output folder and free disk space") from None
 
 
 def manifest(folder):
@@ -273,7 +283,7 @@ def dataset_problem(folder):
     listed = manifest(folder)
     if listed is None:
         return None  # made by hand or by nanoGPT: taken as it is
-    if listed == {"unfinished": True}:
+    if listed == UNFINISHED:
         return f"{folder} was left unfinished by a prepare script that stopped before the end"
     if not (isinstance(listed, dict) and isinstance(listed.get("files"), dict)
             and all(isinstance(entry, dict) for entry in listed["files"].values())):

@@ -150,6 +150,31 @@ def test_a_kill_inside_write_dataset_never_leaves_a_mix_that_loads(tmp_path, mon
         assert kill_at == 0 and {name: (out / name).read_bytes() for name in OLD} == as_bytes(OLD)
 
 
+@pytest.mark.parametrize("fail_at", range(5))
+def test_a_failed_write_says_what_it_left(tmp_path, monkeypatch, fail_at):
+    """Disk full at each rename: the old dataset as it was, or a folder marked unfinished; no temporary files."""
+    out = tmp_path / "out"
+    prepare.write_dataset(out, OLD)
+    before, renames, rename = contents(out), [], os.replace
+
+    def rename_until_full(src, dst):
+        if len(renames) == fail_at:
+            raise OSError(28, "No space left on device", str(dst))
+        renames.append(dst)
+        rename(src, dst)
+
+    monkeypatch.setattr(prepare.os, "replace", rename_until_full)
+    with pytest.raises(prepare.PrepareError, match="No space left on device; (the output folder is as it was|"
+                                                   f"{out} is marked unfinished): free disk space") as error:
+        prepare.write_dataset(out, NEW)
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+    if "as it was" in str(error.value):
+        assert contents(out) == before
+    else:
+        assert fail_at > 0 and prepare.dataset_problem(out).endswith("was left unfinished by a prepare script "
+                                                                     "that stopped before the end")
+
+
 # ---- load_dataset checks a prepared folder against its dataset.json
 
 def change_a_byte(path):
