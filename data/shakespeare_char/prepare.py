@@ -24,13 +24,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import requests
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE.parent  # train.py finds --dataset=<name> as data/<name>/
 sys.path.insert(0, str(DATA_DIR.parent))  # the repository root, for rmoe
-from rmoe.prepare import (SDIST_NAME, ArgumentParser, PrepareError, check_out_dir, check_sha256,  # noqa: E402
-                          main, pypi_text, sdist_text, split_text, user_text, write_dataset)
+from rmoe.prepare import (SDIST_NAME, ArgumentParser, PrepareError, chosen_text, fetch, main, output_folder,  # noqa: E402
+                          split_text, write_dataset)
 
 TINY_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 # Size and sha256 as listed in TensorFlow Datasets' url_checksums/tiny_shakespeare.txt.
@@ -41,19 +40,7 @@ MAX_VOCAB = 2**16  # ids are stored as uint16
 
 
 def tiny_text():
-    print(f"downloading {TINY_URL} ...")
-    try:
-        response = requests.get(TINY_URL, timeout=60)
-        response.raise_for_status()
-    except requests.RequestException as e:
-        raise PrepareError(f"could not download {TINY_URL} ({type(e).__name__}); check your "
-                           "internet connection, or download it yourself and pass --input=FILE") from None
-    data = response.content
-    if len(data) != TINY_SIZE:
-        raise PrepareError(f"{TINY_URL}: expected {TINY_SIZE} bytes, got {len(data)}; "
-                           "re-run to download it again")
-    check_sha256(data, TINY_SHA256, TINY_URL, "re-run to download it again")
-    return data.decode("ascii")
+    return fetch(TINY_URL, TINY_SIZE, TINY_SHA256, "download it yourself and pass --input=FILE").decode("ascii")
 
 
 def encode(text):
@@ -85,19 +72,8 @@ def parse_args(argv):
 
 def run(argv):
     args = parse_args(argv)
-    if args.out_dir:
-        out_dir = Path(args.out_dir).resolve()
-    else:
-        out_dir = DATA_DIR / f"{Path(args.input).stem}_char" if args.input else HERE
-    check_out_dir(out_dir, args.replace)  # before any download, so a typo costs nothing
-    if args.input:
-        text = user_text(args.input)
-    elif args.sdist:
-        text = sdist_text(args.sdist)
-    elif args.source == "tiny":
-        text = tiny_text()
-    else:
-        text = pypi_text()
+    out_dir = output_folder(args, HERE, "_char")
+    text = tiny_text() if args.source == "tiny" else chosen_text(args)
     meta, train_ids, val_ids = encode(text)
     write_dataset(out_dir, {"train.bin": train_ids, "val.bin": val_ids, "meta.pkl": pickle.dumps(meta)})
 
