@@ -242,9 +242,9 @@ def train_all(runs, jobs):
 
 def stop_all(running):
     """Ctrl-C (or SIGTERM, SIGHUP): each run saves its current step and exits; a second one stops them at once."""
-    for run, process in running:
-        process.send_signal(signal.SIGINT)  # once: train.py saves at its current step and exits
     try:
+        for run, process in running:
+            process.send_signal(signal.SIGINT)  # once: train.py saves at its current step and exits
         for run, process in running:
             process.wait()
     except KeyboardInterrupt:
@@ -390,8 +390,7 @@ def summarise(exp, runs):
         v = {"seeds": seeds, "runs": {s: {k: x for k, x in r.items() if k != "curve"} for s, r in zip(seeds, rows)}}
         for key in ("final_val_loss", "best_val_loss", "ms_per_step", "final_val_bpc"):
             values = [r[key] for r in rows if r[key] is not None]
-            if values:
-                v[key] = mean_std(values)
+            v[key] = mean_std(values) if values else None  # None: no run measured it
         paired = [s for s in seeds if s in base_seeds]
         if name != exp["baseline"] and paired:
             for key in ("final_val_loss", "best_val_loss"):
@@ -404,21 +403,21 @@ def summarise(exp, runs):
 
 
 def markdown_table(exp, variants):
-    bpc = any("final_val_bpc" in v for v in variants.values())
+    bpc = any(v["final_val_bpc"] for v in variants.values())
     head = ["variant", "seeds", "final val loss", "best val loss"] + (["final val BPC"] if bpc else []) + [
         f"final − {exp['baseline']} (95% CI)", "beyond noise?", "ms/step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in variants.items():
         cells = [name, str(len(v["seeds"])), pm(v["final_val_loss"]), pm(v["best_val_loss"])]
         if bpc:
-            cells.append(pm(v["final_val_bpc"]) if "final_val_bpc" in v else "")
+            cells.append(pm(v["final_val_bpc"]) if v["final_val_bpc"] else "")
         if "final_val_loss_vs_baseline" in v:
             mean, low, high = v["final_val_loss_vs_baseline"]
             cells += [f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]" if math.isfinite(low) else f"{mean:+.4f} (one seed)",
                       "—" if not math.isfinite(low) else "yes" if low > 0 or high < 0 else "no"]
         else:
             cells += ["baseline" if name == exp["baseline"] else "no paired seed", ""]
-        cells.append(f"{v['ms_per_step'][0]:.0f}" if "ms_per_step" in v else "—")
+        cells.append(f"{v['ms_per_step'][0]:.0f}" if v["ms_per_step"] else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
