@@ -8,13 +8,16 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import compare
-from rmoe.checkpoint import read_record
-from conftest import TINY, assert_one_line_exit, train_here
+from rmoe.checkpoint import claim, load_checkpoint, read_record
+from conftest import REPO, TINY, assert_one_line_exit, train_here
 
 
 def experiment(tmp_path, tiny_data, variants='{"smoe": ["--router=linear"], "rmoe": []}', extra=""):
@@ -101,6 +104,11 @@ BAD = [
     ("bad model setting", '{"smoe": ["--router=linear"], "rmoe": ["--top_k=9"]}', "", "top_k=9"),
     ("missing dataset", '{"smoe": ["--router=linear"], "rmoe": ["--dataset=no_such_dataset"]}', "",
      "dataset 'no_such_dataset' not found"),
+    ("a variant name that is no string", '{"smoe": ["--router=linear"], 1: []}', "",
+     "variant name 1 must be a string"),
+    ("a very long variant name", '{"smoe": ["--router=linear"], "' + "r" * 300 + '": []}', "", "at most 100"),
+    ("an unhashable baseline", '{"smoe": ["--router=linear"], "rmoe": []}', "baseline = ['smoe']",
+     "baseline=['smoe'] is not one of the variants"),
 ]
 
 
@@ -260,3 +268,116 @@ def test_finished_runs_without_train_records_are_reported(tiny_data, tmp_path, c
     summary = json.loads((exp_dir / "summary.json").read_text(), parse_constant=strict)
     assert summary["variants"]["rmoe"]["ms_per_step"] is None
     assert summary["variants"]["rmoe"]["final_val_loss"][1] is None  # one seed: no deviation
+
+
+# -----------------------------------------------------------------------------
+# a compare owns its folder, its runs end with it, and a failed run's reason is its own
+
+@pytest.mark.parametrize("where, message", [("file", "(it is a file); pick another --exp_dir"),
+                                            ("file/exp", "(Not a directory); pick another --exp_dir")])
+def test_an_experiment_folder_that_cannot_be_made_is_one_line(tiny_data, tmp_path, capsys, where, message):
+    (tmp_path / "file").write_text("not a folder")
+    error = refused(capsys, experiment(tmp_path, tiny_data), f"--exp_dir={tmp_path / where}")
+    assert f"cannot use exp_dir {tmp_path / where}" in error and message in error
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_one_compare_at_a_time_owns_the_experiment_folder(tiny_data, tmp_path, capsys):
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    lock = claim(str(exp_dir), "exp_dir", "compare.py")  # as another compare.py holds it
+    try:
+        error = refused(capsys, experiment(tmp_path, tiny_data), f"--exp_dir={exp_dir}")
+    finally:
+        lock.close()
+    assert f"exp_dir {exp_dir} is in use by another compare.py" in error and "wait for it to finish" in error
+    assert [p.name for p in exp_dir.iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["SIGKILL", "SIGHUP"])
+def test_a_compare_stopped_the_hard_way_takes_its_runs_with_it(tiny_data, tmp_path, how):
+    exp, exp_dir = experiment(tmp_path, tiny_data), tmp_path / "exp"
+    run_dir = exp_dir / "smoe" / "seed1"
+    proc = subprocess.Popen([sys.executable, "compare.py", exp, f"--exp_dir={exp_dir}", "--seeds=1",
+                             "--max_iters=100000", "--eval_interval=100000"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        wait_until(lambda: any(r["kind"] == "train" for r in read_record(str(run_dir))), "the run's first step")
+    finally:
+        proc.send_signal(how)
+    out, err = proc.communicate(timeout=120)
+    if how == signal.SIGHUP:  # a closed terminal: as Ctrl-C
+        assert proc.returncode == 130 and "interrupted: every run in flight saved its current step" in out, err
+    wait_until(lambda: free(run_dir), "the run to end with its compare")
+    assert load_checkpoint(str(run_dir / "ckpt.pt"))["iter_num"] >= 1  # it saved the step it was in
+
+
+def wait_until(condition, what, seconds=120):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.2)
+
+
+def free(run_dir):
+    try:
+        claim(str(run_dir)).close()
+        return True
+    except ValueError:
+        return False
+
+
+def test_a_failed_runs_reason_is_its_own_error_of_this_attempt(tiny_data, tmp_path, capsys):
+    exp, exp_dir = experiment(tmp_path, tiny_data), tmp_path / "exp"
+    run_dir = exp_dir / "smoe" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train.log").write_text("error: an earlier attempt's failure\niter 7: loss 2.0\n")
+    lock = claim(str(run_dir))  # an orphan of an earlier compare still trains into it
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            compare_here(exp, f"--exp_dir={exp_dir}", "--seeds=1")
+    finally:
+        lock.close()
+    assert_one_line_exit(exit_info)
+    error = exit_info.value.code
+    assert "1 run(s) failed (smoe seed 1: error: out_dir" in error and "is in use by another run" in error
+    assert "earlier attempt" not in error and "iter 7" not in error
+
+
+class Ended:
+    """A train.py process that has exited with this code (or, stuck, one that a second Ctrl-C meets)."""
+
+    def __init__(self, returncode, stuck=False):
+        self.returncode, self.stuck, self.killed = returncode, stuck, False
+
+    def send_signal(self, signum):
+        pass
+
+    def wait(self):
+        if self.stuck and not self.killed:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C again while we waited
+        return self.returncode
+
+    def kill(self):
+        self.killed = True
+
+
+def test_an_interrupt_says_which_runs_did_not_save_their_step(tmp_path, capsys):
+    runs = [{"variant": v, "seed": 1, "dir": str(tmp_path / v)} for v in ("smoe", "rmoe")]
+    for run, last in zip(runs, ["interrupted: saved ckpt.pt at step 3", "KeyboardInterrupt"]):
+        os.makedirs(run["dir"])
+        with open(os.path.join(run["dir"], "train.log"), "w") as f:
+            f.write(f"Traceback (most recent call last):\n{last}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        compare.stop_all([(runs[0], Ended(130)), (runs[1], Ended(1))])  # rmoe died while importing torch
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 130 and "every run in flight saved" not in out
+    assert "did not save their current step: rmoe seed 1 (KeyboardInterrupt)" in out and "smoe" not in out
+
+
+def test_a_second_interrupt_stops_the_runs_at_once_without_a_traceback(tmp_path, capsys):
+    run, process = {"variant": "rmoe", "seed": 1, "dir": str(tmp_path)}, Ended(None, stuck=True)
+    with pytest.raises(SystemExit) as exit_info:
+        compare.stop_all([(run, process)])
+    assert exit_info.value.code == 130 and process.killed
+    assert "interrupted again" in capsys.readouterr().out
