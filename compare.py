@@ -17,8 +17,12 @@ An experiment file is python that sets:
 
 Run <variant> with seed s trains into <exp_dir>/<variant>/seed<s>/: train.py's ckpt.pt and log.jsonl,
 and its output in train.log. Stop at any moment (Ctrl-C) and give the same command again: finished
-runs are skipped, interrupted ones resume from their checkpoint. The report goes to stdout as a
-Markdown table, to <exp_dir>/summary.json, and, with matplotlib, to <exp_dir>/val_loss.png.
+runs are skipped, interrupted ones resume from their checkpoint; a raised --max_iters trains finished
+runs on. Any other change to the command is refused before anything trains, as is a run trained on
+data prepared again since, or one whose record disagrees with its checkpoint: each run reported is
+the run the command plans. One compare.py at a time owns exp_dir; its runs end when it ends.
+The report goes to stdout as a Markdown table, to <exp_dir>/summary.json, and, with matplotlib,
+to <exp_dir>/val_loss.png.
 """
 
 import ast
@@ -52,6 +56,7 @@ def main(argv):
     files = [a for a in argv if not a.startswith("-")]
     ours = [a for a in argv if a.split("=")[0][2:] in DEFAULTS or a in ("-h", "--help")]
     overrides = [a for a in argv if a.startswith("-") and a not in ours]
+    lock = None
     try:
         cfg, _ = parse_args(DEFAULTS, ours, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
         if len(files) != 1:
@@ -64,13 +69,15 @@ def main(argv):
         if not cfg["report_only"]:
             for dataset in dict.fromkeys(run["dataset"] for run in runs):
                 load_dataset(dataset)  # prepared once, here, not by every run at once; a missing one stops us now
-            lock = own(exp_dir)  # held while main runs, released however the process ends
+            lock = own(exp_dir)  # held until the report is written, released however the process ends
         check_runs(runs)  # every run trained as planned, before anything trains
     except (ConfigError, ValueError) as e:
         fail(e)
     if not cfg["report_only"]:
         train_all(runs, cfg["jobs"])
     report(exp, runs, exp_dir)
+    if lock:
+        lock.close()  # the folder is free for the next compare
 
 
 def read_experiment(path, seeds_text):

@@ -8,8 +8,9 @@ the exact model. atomic_write() here writes every file the project writes.
 A checkpoint is a dict of tensors and plain python values: the model and
 optimizer state, the full model config (so resume and sample rebuild the very
 same model), the training config, the vocabulary (a list of characters,
-"bytes" for a byte-level dataset, None for GPT-2 BPE), the step, the best
-validation loss and the RNG state.
+"bytes" for a byte-level dataset, None for GPT-2 BPE), the data's fingerprint,
+the step, the best validation loss, the RNG state and how many records of
+log.jsonl led to it (so a record that lost some is refused).
 """
 
 import contextlib

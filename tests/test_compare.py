@@ -244,6 +244,7 @@ def test_the_picture_draws_every_seed_it_reports(tmp_path, monkeypatch, capsys):
     import matplotlib.axes
     drawn = []
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, **kw: drawn.append((kw["label"], list(x))))
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", lambda ax, *args, **kw: None)
     curves = [[(0, 4.0), (2, 3.0), (4, 2.0)], [(0, 4.1), (2, 3.1)], [(0, 4.2), (2, 3.2), (4, 2.2), (6, 2.1)]]
     compare.plot_curves({"rmoe": {"curves": curves}}, str(tmp_path / "val_loss.png"))
     assert drawn[0] == ("rmoe (3 seeds)", [0, 2])  # all three, at the steps all three have
