@@ -28,11 +28,12 @@ def experiment(tmp_path, tiny_data, variants='{"smoe": ["--router=linear"], "rmo
 
 
 def compare_here(*argv):
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         compare.main(list(map(str, argv)))
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def test_two_variants_two_seeds_end_to_end_then_again(tiny_data, tmp_path, capsys):
