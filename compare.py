@@ -171,6 +171,7 @@ def check_runs(runs):
 
 
 def run_state(run, fingerprints):
+    """Where a run stands, from its checkpoint and record, each compared with the plan and the other."""
     records = read_record(run["dir"])
     end = max((r["step"] for r in records if r["kind"] == "end"), default=None)
     where, again = f"run {run['dir']}", f"delete {run['dir']} to train it again, or use a new --exp_dir"
@@ -324,9 +325,12 @@ def gpu_count():
 
 def run_error(run):
     """Why a run failed: the last "error:" line its train.py wrote in this attempt, else its last line."""
-    with open(os.path.join(run["dir"], "train.log"), "rb") as f:
-        f.seek(run.get("log_start", 0))
-        lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
+    try:
+        with open(os.path.join(run["dir"], "train.log"), "rb") as f:
+            f.seek(run.get("log_start", 0))
+            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
+    except OSError as e:
+        lines = [f"its train.log cannot be read ({e.strerror})"]
     errors = [line for line in lines if line.startswith("error: ")]
     return (errors or lines or ["no output"])[-1]
 
