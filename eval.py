@@ -29,12 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rmoe import dataset as datasets
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import fail, precision, run_script, script_settings, setting_comments
 from rmoe.dataset import data_fingerprint, load_dataset, read_split
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
+    "dataset": "",  # "" = the checkpoint's own; else its data where it is now (moved), checked to be the same
     "splits": "all",  # comma-separated, of train, val, test; all = val, and test where the data has one
     "stride": 0,  # tokens between window starts; 0 = block_size (non-overlapping windows)
     "batch_size": 8,  # windows per forward pass
@@ -58,21 +60,7 @@ def main(argv):
     if not 1 <= stride <= block_size:
         fail(f"stride={cfg['stride']} must be between 1 and the model's block_size={block_size} (0 = block_size)")
 
-    dataset = ckpt.get("train_config", {}).get("dataset", "")
-    if not dataset:
-        fail(f"{ckpt_path} does not say what data it was trained on, so it cannot be scored on it")
-    data_dir, vocab = load_dataset(dataset)
-    if vocab != ckpt.get("vocab") or ckpt.get("data_sha256") not in (None, data_fingerprint(data_dir)):
-        fail(f"{data_dir} is not the data {ckpt_path} was trained on (it was prepared again since); "
-             f"prepare it as it was, or score a model trained on it")
-    present = [s for s in ("val", "test") if os.path.exists(os.path.join(data_dir, f"{s}.bin"))]
-    splits = present if cfg["splits"] == "all" else cfg["splits"].split(",")
-    for split in splits:
-        if split not in ("train", "val", "test"):
-            fail(f"splits={cfg['splits']!r}: {split!r} is not train, val or test")
-        if split not in ("train", *present):
-            fail(f"{data_dir} has no {split}.bin; its splits are train and {', '.join(present)}")
-
+    data_dir, vocab, splits = scored_splits(ckpt, ckpt_path, cfg)
     step, best_step = ckpt.get("iter_num"), ckpt.get("best_step")
     which = ("" if best_step is None else " (its best val step)" if step == best_step else
              f" (not the best val step, which was {best_step})")
@@ -83,9 +71,37 @@ def main(argv):
           f"least {block_size - stride + 1} tokens (fewer only at the split's start)"))
     print(f"{'split':<6} {'tokens':>12} {'loss (nats)':>12} {unit:>10}")
     model.eval().to(device)
+    try:
+        for split in splits:
+            nats, count = split_loss(model, read_split(data_dir, split), stride, cfg["batch_size"], device)
+            print(f"{split:<6} {count:>12,} {nats / count:>12.4f} {nats / count / math.log(2):>10.4f}")
+    except KeyboardInterrupt:
+        print(f"interrupted while scoring {split}; nothing was written", file=sys.stderr)
+        sys.exit(130)
+
+
+def scored_splits(ckpt, ckpt_path, cfg):
+    """(data folder, vocabulary, splits to score): the checkpoint's data (or --dataset, the same data moved),
+    each asked split present and the very one the checkpoint was trained or prepared with."""
+    dataset = cfg["dataset"] or ckpt.get("train_config", {}).get("dataset", "")
+    if not dataset:
+        fail(f"{ckpt_path} does not say what data it was trained on; name it with --dataset=<folder>")
+    data_dir, vocab = load_dataset(dataset)
+    present = [s for s in ("val", "test") if os.path.exists(os.path.join(data_dir, f"{s}.bin"))]
+    splits = present if cfg["splits"] == "all" else cfg["splits"].split(",")
     for split in splits:
-        nats, count = split_loss(model, read_split(data_dir, split), stride, cfg["batch_size"], device)
-        print(f"{split:<6} {count:>12,} {nats / count:>12.4f} {nats / count / math.log(2):>10.4f}")
+        if split not in ("train", "val", "test"):
+            fail(f"splits={cfg['splits']!r}: {split!r} is not train, val or test")
+        if split not in ("train", *present):
+            fail(f"{data_dir} has no {split}.bin; its splits are train and {', '.join(present)}")
+    named = ckpt.get("split_sha256")  # split -> fingerprint, where the checkpoint names its splits
+    changed = [s for s in splits if named is not None and named.get(s) != datasets.split_fingerprint(data_dir, s)]
+    if vocab != ckpt.get("vocab") or changed or named is None and ckpt.get("data_sha256") not in (
+            None, data_fingerprint(data_dir)):
+        what = f"{', '.join(changed)} split of " if changed else ""
+        fail(f"the {what}data in {data_dir} is not the data {ckpt_path} was trained on (prepared again or "
+             f"replaced since); give --dataset=<folder> of that data, or score a model trained on this")
+    return data_dir, vocab, splits
 
 
 def windows(n_tokens, block_size, stride):

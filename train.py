@@ -66,7 +66,7 @@ def main(argv):
     model, raw_model, optimizer, progress = build(cfg, model_settings, vocab, ckpt, ckpt_path, device, rank, ddp)
 
     # ---- the run owns out_dir from here on: lock, record, checkpoint, and stopping together
-    run = Run(cfg, vocab, fingerprint, None if ckpt is None else ckpt["iter_num"], ddp, world_size, device_type)
+    run = Run(cfg, vocab, fingerprint, ckpt, ddp, world_size, device_type)
     ckpt = None  # free the memory
     micro_steps = cfg.gradient_accumulation_steps // world_size  # this process's share
     tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * block_size  # over all processes

@@ -8,8 +8,9 @@ the exact model. atomic_write() here writes every file the project writes.
 A checkpoint is a dict of tensors and plain python values: the model and
 optimizer state, the full model config (so resume and sample rebuild the very
 same model), the training config, the vocabulary (a list of characters,
-"bytes" for a byte-level dataset, None for GPT-2 BPE), the step, the best
-validation loss and the RNG state.
+"bytes" for a byte-level dataset, None for GPT-2 BPE), the data's fingerprint,
+the step, the best validation loss, the RNG state and how many records of
+log.jsonl led to it (so a record that lost some is refused).
 """
 
 import contextlib
@@ -49,7 +50,7 @@ def atomic_write(path, data, what="file"):
     except OSError as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        kept = f"the previous {path} is intact" if os.path.exists(path) else f"no {what} was written"
+        kept = f"the previous {path} is intact" if os.path.isfile(path) else f"no {what} was written"
         raise ValueError(f"cannot write {what} {path} ({e.strerror or e}); {kept}; free disk space "
                          f"or fix the folder's permissions") from None
 
@@ -179,17 +180,17 @@ def set_rng_state(state, device_type):
         torch.mps.set_rng_state(state["mps"].cpu())
 
 
-def claim(out_dir):
-    """Lock out_dir for this process (released when it exits, however it exits): a second run into the
-    same folder would overwrite this one's checkpoint."""
-    lock = open(os.path.join(out_dir, ".lock"), "w")
+def claim(folder, setting="out_dir", owner="run"):
+    """Lock a folder for this process (released when it exits, however it exits): a second run into the
+    same out_dir would overwrite this one's checkpoint, a second compare.py would train its runs twice."""
+    lock = open(os.path.join(folder, ".lock"), "w")
     if fcntl is None:
         return lock
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ValueError(f"out_dir {out_dir} is in use by another run; wait for it to finish, or pick another "
-                         f"--out_dir (nothing was changed)") from None
+        raise ValueError(f"{setting} {folder} is in use by another {owner}; wait for it to finish, or pick another "
+                         f"--{setting} (nothing was changed)") from None
     return lock
 
 
@@ -197,13 +198,21 @@ class Record:
     """log.jsonl, the run's record: one JSON line per logged step ("train"), per evaluation ("eval")
     and at the end ("end"). A new run starts it empty. A resumed run keeps what led to the checkpoint:
     the steps up to it and the evaluations before it (the loop evaluates that step again), so steps
-    trained after the last save, which the checkpoint does not hold, are not in it twice."""
+    trained after the last save, which the checkpoint does not hold, are not in it twice. A checkpoint
+    keeps how many records led to it ("records"), so a record cut short, lost or replaced is refused."""
 
-    def __init__(self, out_dir, resume_step):
+    def __init__(self, out_dir, ckpt=None):
         self.path = os.path.join(out_dir, "log.jsonl")
-        kept = [r for r in read_record(out_dir) if resume_step is not None and (
+        records = read_record(out_dir)
+        resume_step = None if ckpt is None else ckpt["iter_num"]
+        if ckpt is not None:
+            problem = record_problem(records, ckpt)
+            if problem:
+                raise ValueError(f"{self.path} {problem}; restore it, or start a new --out_dir")
+        kept = [r for r in records if resume_step is not None and (
             r["step"] < resume_step or (r["step"] == resume_step and r["kind"] == "train"))]
         atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self.count = sum(r["kind"] != "end" for r in kept)  # the records a checkpoint saved now follows
         self.file = open(self.path, "a")
 
     def write(self, entry):
@@ -214,15 +223,48 @@ class Record:
         except OSError as e:
             return (f"cannot write {self.path} ({e.strerror}); free disk space, then resume with "
                     f"--init_from=resume (the record is cut back to the checkpoint's step)")
+        self.count += entry["kind"] != "end"
+
+
+def record_problem(records, ckpt):
+    """How a run's record disagrees with its checkpoint, or None: the checkpoint counted the train and
+    eval records that led to its step when it was saved, and they must all still be there."""
+    step, saved = ckpt["iter_num"], ckpt.get("records")
+    found = sum(r["kind"] != "end" and r["step"] <= step for r in records)
+    if saved is None or found == saved:  # a checkpoint from before the count was kept: nothing to compare
+        return None
+    what = "is missing" if not records else f"holds {found} records up to step {step}"
+    return f"{what}, but its checkpoint (step {step}) was saved after {saved}: the record was cut short or replaced"
+
+
+RECORD_KINDS = {"train": (), "eval": ("val_loss",), "end": ()}  # each kind and the numbers it must have
 
 
 def read_record(out_dir):
-    """The records of a run's log.jsonl ([] if it has none yet); a line cut short by a kill is left out."""
+    """The records of a run's log.jsonl ([] if it has none yet); a line cut short by a kill is left out.
+    A record that cannot be read, or a line that is not a record, is a one-line ValueError."""
     path = os.path.join(out_dir, "log.jsonl")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
+    fix = f"restore it, or delete the run's folder {out_dir} to train it again"
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f if line.endswith("\n")]
+    except (OSError, UnicodeDecodeError) as e:
+        why = getattr(e, "strerror", None) or f"not UTF-8 text: bad byte at offset {e.start}"
+        raise ValueError(f"cannot read the run record {path} ({why}); {fix}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            r = None
+        if not (isinstance(r, dict) and r.get("kind") in RECORD_KINDS and type(r.get("step")) is int
+                and all(isinstance(r.get(k), (int, float)) for k in RECORD_KINDS[r["kind"]])):
+            raise ValueError(f"line {number} of the run record {path} is not a record (a JSON object with a "
+                             f"kind of {', '.join(RECORD_KINDS)} and a step); {fix}")
+        records.append(r)
+    return records
 
 
 class Run:
@@ -234,7 +276,8 @@ class Run:
     would leave the others waiting forever. Ctrl-C finishes the current step, saves it and exits
     with code 130.
 
-        Run(...)             claim out_dir and open the record (a new run refuses an existing checkpoint)
+        Run(...)             claim out_dir and open the record (a new run refuses an existing checkpoint,
+                             a resumed one a record that disagrees with its checkpoint)
         log(entry)           append one record to log.jsonl
         check_finite(loss)   a non-finite evaluation becomes the run's problem
         save(...)            write ckpt.pt at the current step, with every process's RNG (rng_states())
@@ -244,11 +287,12 @@ class Run:
         finish(...)          the end record and the closing line, then release everything
     """
 
-    def __init__(self, cfg, vocab, fingerprint, resume_step, ddp, world_size, device_type):
+    def __init__(self, cfg, vocab, fingerprint, ckpt, ddp, world_size, device_type):
         self.cfg, self.vocab, self.fingerprint = cfg, vocab, fingerprint
         self.ddp, self.world_size, self.device_type = ddp, world_size, device_type
         self.master = not ddp or dist.get_rank() == 0
         self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+        resume_step = None if ckpt is None else ckpt["iter_num"]
         self.saved_step = resume_step  # the step ckpt.pt holds, None while it holds nothing of this run
         self.problem = None  # the master's: every process stops on it at the next meeting point
         self.interrupted = False
@@ -261,7 +305,7 @@ class Run:
                     self.problem = (f"{self.ckpt_path} already exists; continue it with --init_from=resume, or "
                                     f"pick a new --out_dir (nothing was overwritten)")
                 else:
-                    self.record = Record(cfg.out_dir, resume_step)
+                    self.record = Record(cfg.out_dir, ckpt)
             except (OSError, ValueError) as e:
                 self.problem = str(e) if isinstance(e, ValueError) else (
                     f"cannot write in out_dir {cfg.out_dir} ({e.strerror}); pick another --out_dir")
@@ -297,7 +341,8 @@ class Run:
         try:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "model_config": asdict(model.config), "train_config": asdict(self.cfg),
-                             "vocab": self.vocab, "data_sha256": self.fingerprint, **progress, "rng": rng},
+                             "vocab": self.vocab, "data_sha256": self.fingerprint, **progress, "rng": rng,
+                             "records": self.record.count},
                             self.ckpt_path)
         except ValueError as e:
             self.problem = str(e)
@@ -351,10 +396,10 @@ class Run:
             say(f"done: step {progress['iter_num']}, {tokens:,} tokens in {wall_s / 60:.1f} min; best val loss "
                 f"{progress['best_val_loss']:.4f} at step {progress['best_step']}; {kept}")
             self.lock.close()
-            if self.problem:
-                fail(self.problem)
+        self.stop_on_problem()  # a failed end record: every process exits with it
         self.close()
 
     def close(self):
         if self.ddp:
+            dist.barrier()  # no process tears gloo down while another still talks to it
             dist.destroy_process_group()

@@ -237,6 +237,21 @@ CASES = [
          setup=change_checkpoint(lambda ckpt: {k: ckpt[k] for k in ("model", "model_config", "vocab")})),
     case("scratch run over a checkpoint", TRAIN, [DATA, OUT, *TINY], "already exists",
          "continue it with --init_from=resume"),
+    # ---- the run record beside a resumed checkpoint: cut short, lost or damaged
+    *[case(f"resume: record {name}", TRAIN, [OUT, "--init_from=resume", "--max_iters=4"], problem, fix, setup=setup)
+      for name, setup, problem, fix in [
+          ("cut short", cut("out/log.jsonl", lambda n: n // 3), "but its checkpoint (step 2) was saved after 4",
+           "restore it, or start a new --out_dir"),
+          ("deleted", lambda ws: (ws / "out" / "log.jsonl").unlink(), "log.jsonl is missing, but its checkpoint",
+           "restore it, or start a new --out_dir"),
+          ("of garbage", write("out/log.jsonl", "garbage\n"), "line 1 of the run record", "restore it, or delete"),
+          ("line not an object", write("out/log.jsonl", "[1]\n"), "is not a record (a JSON object", "restore it"),
+          ("line without a kind", write("out/log.jsonl", '{"step": 0}\n'), "with a kind of train, eval, end",
+           "restore it"),
+          ("not UTF-8", write("out/log.jsonl", b'{"kind": "\xff"}\n'), "not UTF-8 text: bad byte at offset 10",
+           "restore it"),
+          ("a folder", lambda ws: ((ws / "out" / "log.jsonl").unlink(), (ws / "out" / "log.jsonl").mkdir()),
+           "cannot read the run record", "restore it")]],
     # ---- sampling
     case("prompt outside the vocabulary", SAMPLE, [OUT, "--start=KING€"],
          "outside the model's vocabulary: '€'", "remove or replace them"),

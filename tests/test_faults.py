@@ -190,6 +190,14 @@ def test_atomic_write_into_a_folder_under_a_file_says_nothing_was_written(tmp_pa
         atomic_write(str(tmp_path / "a_file" / "x.png"), b"png", "picture")
 
 
+def test_atomic_write_over_a_folder_does_not_call_the_folder_intact(tmp_path):
+    (tmp_path / "val_loss.png").mkdir()
+    with pytest.raises(ValueError) as raised:
+        atomic_write(str(tmp_path / "val_loss.png"), b"png", "picture")
+    assert "no picture was written" in str(raised.value) and "intact" not in str(raised.value)
+    assert os.listdir(tmp_path) == ["val_loss.png"]
+
+
 def test_failed_first_save_does_not_say_resume(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError) as raised:
