@@ -39,7 +39,7 @@ import time
 from rmoe.checkpoint import atomic_write, claim, load_checkpoint, read_record, record_problem
 from configurator import ConfigError, fail, parse_args, read_config_file, setting_comments
 from rmoe import REPO
-from rmoe.dataset import data_fingerprint, dataset_dir, load_dataset
+from rmoe.dataset import dataset_dir, load_dataset, split_fingerprints
 from rmoe.training import check_settings, default_settings
 
 DEFAULTS = {
@@ -191,7 +191,7 @@ def run_state(run, fingerprints):
     if differ:
         raise ConfigError(f"{where} was trained with {', '.join(differ)}; give the command it was trained with, "
                           f"or a new --exp_dir")
-    if ckpt.get("data_sha256", data_of(run, fingerprints)) != data_of(run, fingerprints):
+    if ckpt.get("data_files", data_of(run, fingerprints)) != data_of(run, fingerprints):
         raise ConfigError(f"{where} was trained on other data than {dataset_dir(run['dataset'])} holds now (it was "
                           f"prepared again since); restore the data it was trained on, or use a new --exp_dir")
     trained = max(end or 0, ckpt["iter_num"])
@@ -208,7 +208,7 @@ def data_of(run, fingerprints):
         if not os.path.exists(os.path.join(data_dir, "train.bin")):
             raise ConfigError(f"run {run['dir']}: its dataset {run['dataset']!r} is not in {data_dir}, so its data "
                               f"cannot be checked; prepare it again, or use a new --exp_dir")
-        fingerprints[data_dir] = data_fingerprint(data_dir)
+        fingerprints[data_dir] = split_fingerprints(data_dir)
     return fingerprints[data_dir]
 
 

@@ -29,10 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rmoe import dataset as datasets
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
 from configurator import fail, precision, run_script, script_settings, setting_comments
-from rmoe.dataset import data_fingerprint, load_dataset, read_split
+from rmoe.dataset import check_split, load_dataset, read_split
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -94,13 +93,12 @@ def scored_splits(ckpt, ckpt_path, cfg):
             fail(f"splits={cfg['splits']!r}: {split!r} is not train, val or test")
         if split not in ("train", *present):
             fail(f"{data_dir} has no {split}.bin; its splits are train and {', '.join(present)}")
-    named = ckpt.get("split_sha256")  # split -> fingerprint, where the checkpoint names its splits
-    changed = [s for s in splits if named is not None and named.get(s) != datasets.split_fingerprint(data_dir, s)]
-    if vocab != ckpt.get("vocab") or changed or named is None and ckpt.get("data_sha256") not in (
-            None, data_fingerprint(data_dir)):
-        what = f"{', '.join(changed)} split of " if changed else ""
-        fail(f"the {what}data in {data_dir} is not the data {ckpt_path} was trained on (prepared again or "
-             f"replaced since); give --dataset=<folder> of that data, or score a model trained on this")
+    if vocab != ckpt.get("vocab"):
+        fail(f"the data in {data_dir} is not the data {ckpt_path} was trained on (another vocabulary); give "
+             f"--dataset=<folder> of that data, or score a model trained on this")
+    for split in splits:  # the checkpoint names each file of its data (older checkpoints name none)
+        if "data_files" in ckpt:
+            check_split(data_dir, split, ckpt["data_files"], ckpt_path)
     return data_dir, vocab, splits
 
 

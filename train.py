@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import ConfigError, fail, parse_args, pick_device, precision, say, setting_comments
 from model import GPT, GPTConfig, compile_moe
 from rmoe.checkpoint import Run, load_checkpoint, model_from_checkpoint, set_rng_state
-from rmoe.dataset import data_fingerprint, load_dataset, read_split, vocab_size
+from rmoe.dataset import load_dataset, read_split, split_fingerprints, vocab_size
 from rmoe.training import (RESUME_MAY_CHANGE, TrainConfig, check_settings, default_settings, evaluate, learning_rate,
                            resumed_settings, start_processes, train_batches, train_step)
 
@@ -60,13 +60,13 @@ def main(argv):
 
     # ---- data (prepared on first use), the same data on resume
     block_size = model_settings["block_size"]
-    data, vocab, fingerprint = read_data(cfg.dataset, block_size, master, ddp, ckpt)
+    data, vocab, fingerprints = read_data(cfg.dataset, block_size, master, ddp, ckpt)
 
     # ---- model, optimizer, and where training starts
     model, raw_model, optimizer, progress = build(cfg, model_settings, vocab, ckpt, ckpt_path, device, rank, ddp)
 
     # ---- the run owns out_dir from here on: lock, record, checkpoint, and stopping together
-    run = Run(cfg, vocab, fingerprint, ckpt, ddp, world_size, device_type)
+    run = Run(cfg, vocab, fingerprints, ckpt, ddp, world_size, device_type)
     ckpt = None  # free the memory
     micro_steps = cfg.gradient_accumulation_steps // world_size  # this process's share
     tokens_per_step = cfg.gradient_accumulation_steps * cfg.batch_size * block_size  # over all processes
@@ -154,7 +154,7 @@ def build(cfg, model_settings, vocab, ckpt, ckpt_path, device, rank, ddp):
 
 
 def read_data(dataset, block_size, master, ddp, ckpt):
-    """The train and val tokens, the vocabulary and the data's fingerprint; on resume, the data must be
+    """The train and val tokens, the vocabulary and the data's fingerprints; on resume, the data must be
     the data the checkpoint was trained on."""
     data_dir, vocab = load_dataset(dataset, master, ddp)
     data = {split: read_split(data_dir, split) for split in ("train", "val")}
@@ -162,11 +162,11 @@ def read_data(dataset, block_size, master, ddp, ckpt):
         if len(tokens) <= block_size:
             fail(f"{split}.bin of {data_dir} has {len(tokens)} tokens, not more than block_size={block_size}; "
                  f"lower block_size or use more text")
-    fingerprint = data_fingerprint(data_dir)
-    if ckpt is not None and ckpt.get("data_sha256", fingerprint) != fingerprint:
-        fail(f"the data in {data_dir} is not the data the checkpoint was trained on (train.bin, val.bin or "
-             f"meta.pkl changed); resume with the data it was trained on, or start a new --out_dir")
-    return data, vocab, fingerprint
+    fingerprints = split_fingerprints(data_dir)
+    if ckpt is not None and ckpt.get("data_files", fingerprints) != fingerprints:
+        fail(f"the data in {data_dir} is not the data the checkpoint was trained on (train.bin, val.bin, test.bin "
+             f"or meta.pkl changed); resume with the data it was trained on, or start a new --out_dir")
+    return data, vocab, fingerprints
 
 
 def describe(model):

@@ -124,6 +124,9 @@ def structure_problem(ckpt, for_resume):
     if "train_config" in ckpt and not (isinstance(ckpt["train_config"], dict) and all(  # names the dataset
             isinstance(k, str) and type(v) in (int, float, str, bool) for k, v in ckpt["train_config"].items())):
         return "train_config is not a dict of plain settings"
+    files = ckpt.get("data_files", {})
+    if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+        return "data_files is not a dict of file names and sha256"
     if not for_resume:
         return None
     iter_num, best = ckpt["iter_num"], ckpt["best_val_loss"]
@@ -287,8 +290,8 @@ class Run:
         finish(...)          the end record and the closing line, then release everything
     """
 
-    def __init__(self, cfg, vocab, fingerprint, ckpt, ddp, world_size, device_type):
-        self.cfg, self.vocab, self.fingerprint = cfg, vocab, fingerprint
+    def __init__(self, cfg, vocab, data_files, ckpt, ddp, world_size, device_type):
+        self.cfg, self.vocab, self.data_files = cfg, vocab, data_files
         self.ddp, self.world_size, self.device_type = ddp, world_size, device_type
         self.master = not ddp or dist.get_rank() == 0
         self.ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
@@ -341,7 +344,7 @@ class Run:
         try:
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "model_config": asdict(model.config), "train_config": asdict(self.cfg),
-                             "vocab": self.vocab, "data_sha256": self.fingerprint, **progress, "rng": rng,
+                             "vocab": self.vocab, "data_files": self.data_files, **progress, "rng": rng,
                              "records": self.record.count},
                             self.ckpt_path)
         except ValueError as e:

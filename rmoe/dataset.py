@@ -12,7 +12,6 @@ A folder with a dataset.json (every prepare.py writes one) is checked against it
 dataset left half written or changed since is refused (rmoe/prepare.py).
 """
 
-import hashlib
 import os
 import pickle
 import subprocess
@@ -123,22 +122,10 @@ def read_split(data_dir, split):
 DATA_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl")  # the files that define the data, in this order
 
 
-def data_fingerprint(data_dir):
-    """sha256 over the files of DATA_FILES that are present, in that order: a checkpoint keeps
-    it, so resume can refuse data prepared again from other text."""
-    digest = hashlib.sha256()
-    for name in DATA_FILES:
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()
-
-
 def split_fingerprints(data_dir):
-    """{name: sha256} of each file of DATA_FILES that is present: a checkpoint keeps them, so it
-    names every split it can be scored on, and check_split can refuse one prepared again."""
+    """{name: sha256} of each file of DATA_FILES that is present, the data's fingerprint: a checkpoint
+    keeps it, so resume and compare.py can refuse data prepared again from other text, and it names
+    every split the model can be scored on (check_split)."""
     return {name: file_sha256(os.path.join(data_dir, name)) for name in DATA_FILES
             if os.path.exists(os.path.join(data_dir, name))}
 
@@ -154,7 +141,7 @@ def check_split(data_dir, split, recorded, ckpt_path):
         path = os.path.join(data_dir, file)
         if recorded.get(file) != (file_sha256(path) if os.path.exists(path) else None):
             fail(f"{path} is not the file {ckpt_path} was trained beside (it was prepared again since); "
-                 f"prepare it as it was, or score a model trained on it")
+                 f"give --dataset=<folder> of the data it was trained on, or score a model trained on this")
 
 
 def get_batch(data, block_size, batch_size, generator, device):

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import assert_one_line_error, assert_one_line_exit
 from rmoe import prepare
-from rmoe.dataset import check_split, data_fingerprint, load_dataset, split_fingerprints
+from rmoe.dataset import check_split, load_dataset, split_fingerprints
 
 REPO = Path(__file__).resolve().parents[1]
 CHAR = REPO / "data" / "shakespeare_char" / "prepare.py"
@@ -225,19 +225,6 @@ def test_gpt2_bpe_ids_beyond_its_50257_tokens_are_refused(tmp_path, largest, ref
 
 # ---- the fingerprints a checkpoint keeps name every split
 
-def test_data_fingerprint_covers_test_bin_and_is_unchanged_without_one(tmp_path):
-    prepare.write_dataset(tmp_path, OLD)
-    files = as_bytes(OLD)
-    # without test.bin, the fingerprint of the checkpoints made before test.bin counted
-    before = hashlib.sha256(files["train.bin"] + files["val.bin"] + files["meta.pkl"]).hexdigest()
-    assert data_fingerprint(tmp_path) == before
-    without = data_fingerprint(tmp_path)
-    (tmp_path / "test.bin").write_bytes(b"\1\0")
-    with_test = data_fingerprint(tmp_path)
-    (tmp_path / "test.bin").write_bytes(b"\2\0")
-    assert len({without, with_test, data_fingerprint(tmp_path)}) == 3
-
-
 def test_split_fingerprints_name_every_file_present(tmp_path):
     prepare.write_dataset(tmp_path, {**OLD, "test.bin": np.arange(5, dtype=np.uint16)})
     assert split_fingerprints(tmp_path) == {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
@@ -256,7 +243,7 @@ def test_check_split_refuses_a_split_prepared_again_or_never_recorded(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         check_split(tmp_path, "test", recorded, "out/ckpt.pt")
     assert_one_line_exit(exit_info, "test.bin is not the file out/ckpt.pt was trained beside",
-                         "prepare it as it was, or score a model trained on it")
+                         "give --dataset=<folder> of the data it was trained on")
     without_test = {name: sha for name, sha in recorded.items() if name != "test.bin"}
     with pytest.raises(SystemExit) as exit_info:
         check_split(tmp_path, "test", without_test, "out/ckpt.pt")

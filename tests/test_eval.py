@@ -1,6 +1,5 @@
 """eval.py: whole splits scored every token once, equal to a hand computation, BPC = nats / ln 2."""
 
-import hashlib
 import math
 import shutil
 
@@ -9,10 +8,9 @@ import pytest
 import torch
 
 import eval as eval_script
-from rmoe import dataset as datasets
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from conftest import assert_one_line_exit
-from rmoe.dataset import read_split
+from rmoe.dataset import read_split, split_fingerprints
 
 
 @pytest.mark.parametrize("n_tokens, block_size, stride", [
@@ -111,7 +109,7 @@ def test_data_prepared_again_is_refused(tiny_checkpoint, tmp_path):
     save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
     with pytest.raises(SystemExit) as raised:
         eval_script.main([f"--out_dir={tmp_path}", "--threads=1"])
-    assert_one_line_exit(raised, "is not the data", "was trained on")
+    assert_one_line_exit(raised, "val.bin is not the file", "was trained beside", "give --dataset=<folder>")
 
 
 def test_scores_come_from_eval_mode_without_dropout(tiny_checkpoint, tmp_path, capsys):
@@ -134,34 +132,31 @@ def test_moved_data_is_scored_with_dataset_and_still_checked(tiny_checkpoint, tm
     where_it_was = capsys.readouterr().out.splitlines()[-1]
     eval_script.main([f"--out_dir={tiny_checkpoint}", "--splits=val", "--threads=1", f"--dataset={moved}"])
     assert capsys.readouterr().out.splitlines()[-1] == where_it_was  # the same data, the same score
-    ids = np.fromfile(moved / "train.bin", dtype=np.uint16)
-    ids[::-1].tofile(moved / "train.bin")  # other text of the same characters
+    ids = np.fromfile(moved / "val.bin", dtype=np.uint16)
+    ids[::-1].tofile(moved / "val.bin")  # other text of the same characters
     with pytest.raises(SystemExit) as raised:
         eval_script.main([f"--out_dir={tiny_checkpoint}", "--splits=val", "--threads=1", f"--dataset={moved}"])
-    assert_one_line_exit(raised, f"the data in {moved} is not the data", "give --dataset=<folder> of that data")
+    assert_one_line_exit(raised, f"{moved / 'val.bin'} is not the file", "give --dataset=<folder> of the data")
 
 
-def test_a_split_is_refused_where_its_fingerprint_differs_from_the_checkpoints(tiny_checkpoint, tmp_path, monkeypatch,
-                                                                               capsys):
-    """The interface eval.py assumes: ckpt["split_sha256"] names each split the model may be scored on,
-    by rmoe.dataset.split_fingerprint(data_dir, split); a replaced test.bin changes only its own."""
-    def split_fingerprint(data_dir, split):
-        return hashlib.sha256((tmp_path / "data" / f"{split}.bin").read_bytes()).hexdigest()
-    monkeypatch.setattr(datasets, "split_fingerprint", split_fingerprint, raising=False)
+def test_a_split_is_refused_where_its_file_differs_from_the_checkpoints(tiny_checkpoint, tmp_path, capsys):
+    """The checkpoint names every file of its data (train.py keeps split_fingerprints in it): a
+    replaced test.bin is refused, the other splits still score."""
     ckpt = load_checkpoint(f"{tiny_checkpoint}/ckpt.pt")
+    assert set(ckpt["data_files"]) == {"train.bin", "val.bin", "meta.pkl"}  # what train.py recorded
     shutil.copytree(ckpt["train_config"]["dataset"], tmp_path / "data")
     shutil.copy(tmp_path / "data" / "val.bin", tmp_path / "data" / "test.bin")
-    ckpt["split_sha256"] = {s: split_fingerprint(None, s) for s in ("train", "val", "test")}
+    ckpt["data_files"] = split_fingerprints(tmp_path / "data")  # as if trained beside this test.bin
     ckpt["train_config"]["dataset"] = str(tmp_path / "data")
     save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
     eval_script.main([f"--out_dir={tmp_path}", "--threads=1"])
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[-2:]] == ["val", "test"]
     ids = np.fromfile(tmp_path / "data" / "test.bin", dtype=np.uint16)
-    ids[::-1].tofile(tmp_path / "data" / "test.bin")  # the test split replaced
+    ids[::-1].tofile(tmp_path / "data" / "test.bin")  # the test split replaced, same size
     eval_script.main([f"--out_dir={tmp_path}", "--threads=1", "--splits=val"])  # val is still the same
     with pytest.raises(SystemExit) as raised:
         eval_script.main([f"--out_dir={tmp_path}", "--threads=1"])
-    assert_one_line_exit(raised, "the test split of data in", "is not the data")
+    assert_one_line_exit(raised, "test.bin is not the file", "was trained beside")
 
 
 def test_ctrl_c_while_scoring_is_one_line(tiny_checkpoint, monkeypatch, capsys):
