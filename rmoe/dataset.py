@@ -32,9 +32,12 @@ def load_dataset(name, master=True, ddp=False):
     data_dir = dataset_dir(name)
     train_bin = os.path.join(data_dir, "train.bin")
     prepare = os.path.join(data_dir, "prepare.py")
+    failed = None  # the prepare script's own error line, if it failed
     if not os.path.exists(train_bin) and os.path.exists(prepare) and master:
-        print(f"dataset {name} is not prepared yet: running {os.path.relpath(prepare)}")
-        subprocess.run([sys.executable, prepare])  # prints its own error if it fails
+        print(f"dataset {name} is not prepared yet: running {os.path.relpath(prepare)}", flush=True)
+        result = subprocess.run([sys.executable, prepare], stderr=subprocess.PIPE, text=True)  # progress: stdout
+        if result.returncode:
+            failed = (result.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
     if ddp:
         import torch.distributed as dist
         dist.barrier()  # the other processes wait for the master's prepare, then all check
@@ -42,7 +45,7 @@ def load_dataset(name, master=True, ddp=False):
     if problem:
         fail(f"{problem}; run the prepare script that made it again, with --replace")
     if not all(os.path.exists(os.path.join(data_dir, f)) for f in ("train.bin", "val.bin")):
-        hint = (f"{prepare} did not finish (see above)" if os.path.exists(prepare) else
+        hint = (f"{prepare} failed: {failed}" if failed else f"{prepare} did not finish" if os.path.exists(prepare) else
                 "prepare it with a data/*/prepare.py script or pass --dataset=<folder>")
         fail(f"dataset {name!r} not found: no train.bin and val.bin in {data_dir}; {hint}")
     vocab = None

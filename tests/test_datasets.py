@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, assert_one_line_exit
+from conftest import assert_one_line_error, assert_one_line_exit, run
 from rmoe import prepare
 from rmoe.dataset import check_split, load_dataset, split_fingerprints
 
@@ -252,3 +252,12 @@ def test_check_split_refuses_a_split_prepared_again_or_never_recorded(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         check_split(tmp_path, "val", recorded, "out/ckpt.pt")
     assert_one_line_exit(exit_info, "meta.pkl is not the file out/ckpt.pt was trained beside")
+
+
+def test_a_prepare_that_fails_on_first_use_is_one_error_line(tmp_path):
+    """train.py prepares a dataset on first use; when the prepare script fails, its reason is the one line."""
+    (tmp_path / "prepare.py").write_text('import sys\nprint("downloading ...")\n'
+                                         'sys.exit("error: no route to PyPI; pass --sdist=PATH")\n')
+    result = run("train.py", f"--dataset={tmp_path}", f"--out_dir={tmp_path / 'out'}")
+    assert_one_line_error(result, "no train.bin and val.bin", "prepare.py failed: no route to PyPI; pass --sdist=PATH")
+    assert "downloading ..." in result.stdout and not (tmp_path / "out").exists()
