@@ -5,7 +5,7 @@ Lesson 3: load balancing. Two questions, one script:
    while its gates look uniform? (a fresh model, one batch of val tokens, no training)
 2. What does the load-balance loss do? The same run (same seed, data order and init) with
    the loss on (--lb_loss_coef=0.01, the paper's weight) and off (0), then each expert's
-   share of the token-slots side by side, and the logged lb next to its floor, top_k.
+   share of the token-slots side by side, and the logged lb next to its value at perfect balance, top_k.
 
     python lessons/load_balance.py
     python lessons/load_balance.py --steps=500 --out=out-lessons/lb500   # longer runs, a new folder
@@ -61,7 +61,7 @@ def untrained_routing(cfg, train_args):
         s = routing_summary(r.probs, r.topk_idx)
         print(f"   {i:5d} | {gate_entropy(r.probs).mean():.3f} | {r.logits.abs().max():.4f} | "
               f"{between_experts:.4f} / {between_tokens:.4f} | {s['max_share']:.3f} (expert {s['load'].index(s['max_share'])})")
-    print(f"   lb loss of this batch: {aux['lb_loss']:.3f} (floor top_k = {k}, reached at perfect balance)")
+    print(f"   lb loss of this batch: {aux['lb_loss']:.3f} (top_k = {k} at perfect balance)")
     return k
 
 
@@ -129,7 +129,7 @@ def draw(records, last, folder, top_k):
     for name, rec in records.items():
         train = [r for r in rec if r["kind"] == "train"]
         ax.plot([r["step"] for r in train], [r["lb_loss"] for r in train], label=name)
-    ax.axhline(top_k, color="grey", linestyle="--", label=f"floor: top_k = {top_k}")
+    ax.axhline(top_k, color="grey", linestyle="--", label=f"value at balance: top_k = {top_k}")
     ax.set(title="logged lb (mean over layers)", xlabel="step")
     ax.legend(fontsize=7)
     os.makedirs(folder, exist_ok=True)

@@ -35,10 +35,10 @@ FEATURES = ("h_i", "x_i", "untrained h_i", "noise")
 TARGETS = ("current char", "previous char", "expert of layer i-1")
 
 
-def load(folder):
+def load(folder, setting="ckpt"):
     path = os.path.join(folder, "ckpt.pt")
     try:
-        ckpt = load_checkpoint(path, setting="ckpt")
+        ckpt = load_checkpoint(path, setting=setting)
         return ckpt, model_from_checkpoint(ckpt, path).eval()
     except ValueError as e:
         fail(e)
@@ -53,12 +53,13 @@ def collect(model, windows):
 
     def keep(i, router, inputs, output):  # a forward hook; it returns None, so the output is unchanged
         xs[i].append(inputs[0])  # x_i (N, C)
-        hs[i].append(output[1])  # h_i (N, p)
+        if output[1] is not None:  # a linear router passes no state
+            hs[i].append(output[1])  # h_i (N, p)
     hooks = [r.register_forward_hook(partial(keep, i)) for i, r in enumerate(routers)]
     _, topk_idx, _, state = route(model, windows, batch_size=16)
     for hook in hooks:
         hook.remove()
-    return [torch.cat(x) for x in xs], [torch.cat(h) for h in hs], [t[:, 0] for t in topk_idx], state
+    return [torch.cat(x) for x in xs], [torch.cat(h) for h in hs if h], [t[:, 0] for t in topk_idx], state
 
 
 @torch.no_grad()
@@ -138,7 +139,7 @@ def cross_layer(model, top1, state, cfg):
     """analyze.py's cross-layer numbers for this checkpoint and the baseline."""
     models = {os.path.basename(os.path.normpath(cfg["ckpt"])): (model, top1, state)}
     if cfg["baseline"]:
-        ckpt, base = load(cfg["baseline"])
+        ckpt, base = load(cfg["baseline"], "baseline")
         data_dir, _ = load_dataset(ckpt["train_config"]["dataset"])
         _, _, base_top1, base_state = collect(base, token_windows(data_dir, "val", cfg["tokens"],
                                                                   base.config.block_size))
@@ -167,7 +168,8 @@ def draw(results, folder, name):
             ax.bar([i + (j - 1.5) * 0.2 for i in layers], [results[i][target][feat] for i in layers], 0.2, label=feat)
         ax.scatter(layers, [results[i][target]["chance"] for i in layers], marker="_", s=400, color="k",
                    label="chance", zorder=3)
-        ax.set(title=f"probe for the {target}", xlabel="layer i", xticks=layers, ylim=(0, 1))
+        ax.set(title=f"probe for the {target}", xlabel="layer i", xticks=layers, ylim=(0, 1),
+               xlim=(-0.5, len(results) - 0.5))
     axes[0].set_ylabel(f"test accuracy ({name})")
     axes[-1].legend(fontsize=7)
     os.makedirs(folder, exist_ok=True)

@@ -68,10 +68,12 @@ def draw(runs, folder):
             for i, layer in enumerate(c[key]):
                 ax.plot(*zip(*layer), marker=".", label=f"layer {i}")
             ax.set(title=f"{name}: {label}", xlabel="step")
+            ax.ticklabel_format(axis="y", useOffset=False)  # plain numbers, even when a curve barely moves
         row[0].axhline(1 / c["n_experts"], color="grey", linestyle="--", linewidth=1)  # even load
         row[1].axhline(math.log(c["n_experts"]), color="grey", linestyle="--", linewidth=1)  # uniform gates
         row[-1].plot(*zip(*c["lb_loss"]))
         row[-1].set(title=f"{name}: logged lb", xlabel="step")
+        row[-1].ticklabel_format(axis="y", useOffset=False)
         row[0].legend(fontsize=7)
     os.makedirs(folder, exist_ok=True)
     fig.savefig(os.path.join(folder, "routing_curves.png"), dpi=100)
