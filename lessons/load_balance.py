@@ -60,7 +60,8 @@ def untrained_routing(cfg, train_args):
         between_tokens = (r.logits - shared).std(0).mean().item()  # how much a token's own part moves them
         s = routing_summary(r.probs, r.topk_idx)
         print(f"   {i:5d} | {gate_entropy(r.probs).mean():.3f} | {r.logits.abs().max():.4f} | "
-              f"{between_experts:.4f} / {between_tokens:.4f} | {s['max_share']:.3f} (expert {s['load'].index(s['max_share'])})")
+              f"{between_experts:.4f} / {between_tokens:.4f} | "
+              f"{s['max_share']:.3f} (expert {s['load'].index(s['max_share'])})")
     print(f"   lb loss of this batch: {aux['lb_loss']:.3f} (top_k = {k} at perfect balance)")
     return k
 
@@ -121,7 +122,8 @@ def draw(records, last, folder, top_k):
     for ax, (name, load) in zip(axes, loads.items()):
         im = ax.imshow(load, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         for (y, x), v in zip(torch.cartesian_prod(*map(torch.arange, load.shape)).tolist(), load.flatten().tolist()):
-            ax.text(x, y, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 * vmax else "k")
+            ax.text(x, y, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 0.6 * vmax else "k")
         ax.set(title=f"{name}: % of token-slots", xlabel="expert", ylabel="layer",
                xticks=range(load.shape[1]), yticks=range(load.shape[0]))
     fig.colorbar(im, ax=axes[:-1].tolist())

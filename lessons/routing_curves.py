@@ -26,7 +26,7 @@ PANELS = {"max_share": "largest expert share", "entropy": "gate entropy (nats)",
 
 
 def curves(record):
-    """{number: per layer a list of (step, value)} from the eval records, and lb as (step, value) from the train ones."""
+    """{number: per layer a list of (step, value)} from the eval records; lb as (step, value) from the train ones."""
     evals = [r for r in record if r["kind"] == "eval" and r.get("routing")]
     out = {key: [[(r["step"], r["routing"][i][key]) for r in evals] for i in range(len(evals[0]["routing"]))]
            for key in PANELS}
