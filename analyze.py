@@ -12,9 +12,13 @@ per MoE layer:
   experts and the coefficient of variation of the shares;
 - gate entropy of each token's softmax over all experts (nats): mean and quartiles;
 - the paper's inner and outer balance (Tab. 8);
-- cross-layer dependence: the paper's mutual-information heat map (App. A.4.2),
-  the mutual information in bits between consecutive layers' top-1 experts, and
-  how many distinct top-1 expert paths the tokens take through the depth;
+- cross-layer dependence: the mutual information in bits between consecutive
+  layers' top-1 experts, and how many distinct top-1 expert paths the tokens take
+  through the depth; also the paper's mutual-information heat map (App. A.4.2),
+  which does not measure dependence: per token it pairs expert n of one layer with
+  expert n of another (arbitrary labels) and bins only E scores, so it is ln E
+  whenever a token's E scores fall in E different bins, however they pair, and
+  shuffling the tokens between layers leaves it as it was (its row beside it);
 - expert similarity (App. A.4.3), beside its value for a freshly initialised layer;
 - for a router that passes a state: the mean norm of the state h_i and, for the GRU,
   the mean update gate z_i, the share of h_{i-1} that layer i keeps (Eq. 3).
@@ -248,7 +252,7 @@ def format_report(reports):
     rows += section("cross-layer dependence", lambda m, i: f"{m['top1_mi_bits'][i][i + 1]:.3f}",
                     count=lambda m: len(m["top1_mi_bits"]) - 1, label="top-1 MI, layers {} -> {}, bits")
     rows.append(("distinct top-1 paths", [f"{m['distinct_paths']} of {m['tokens']} tokens" for m in models]))
-    rows.append(("paper's gate MI, nats", [mean_range(m["gate_mi"]) for m in models]))
+    rows.append(("paper's gate MI, nats (not a dependence measure)", [mean_range(m["gate_mi"]) for m in models]))
     rows.append(("the same, tokens shuffled", [mean_range(m["gate_mi_shuffled"]) for m in models]))
     rows += section("expert similarity (App. A.4.3; 3 = identical experts)", lambda m, i: f"{m['similarity'][i]:.3f}")
     rows.append(("the same at a fresh init", [f"{m['similarity_init']:.3f}" for m in models]))
