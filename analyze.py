@@ -59,7 +59,7 @@ DEFAULTS = {
     "threads": 1,  # CPU threads for torch; 0 = its default (one per core); 1 is fastest on a busy machine
 }
 ENTROPY_BINS = 20  # histogram of gate entropy from 0 to ln E
-PLOTS = ("expert_load.png", "gate_entropy.png", "gate_mi.png", "top1_mi.png")  # what --plots writes
+PLOTS = ("expert_load.png", "gate_entropy.png", "top1_mi.png")  # what --plots writes
 
 
 def main(argv):
@@ -277,9 +277,10 @@ def mean_range(gate_mi):
 # pictures
 
 def write_plots(reports, folder):
-    """expert_load.png (layer x expert heat maps), gate_entropy.png (histograms per layer), and
-    layer x layer heat maps of the paper's gate MI (gate_mi.png) and of the top-1 expert MI
-    (top1_mi.png): one panel per model."""
+    """expert_load.png (layer x expert heat maps), gate_entropy.png (histograms per layer), and a
+    layer x layer heat map of the top-1 expert MI (top1_mi.png): one panel per model. The paper's
+    gate MI is in the report and the JSON but not drawn: it is not a dependence measure (the same
+    with the tokens shuffled)."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no window
@@ -316,8 +317,6 @@ def write_plots(reports, folder):
 
     heat_maps([np.array([layer["load"] for layer in m["layers"]]) for m in models], "share of token-slots",
               "expert", "layer", "expert_load.png")
-    heat_maps([np.array(m["gate_mi"]) for m in models], "paper's gate MI (nats)", "layer", "layer",
-              "gate_mi.png")
     heat_maps([np.array(m["top1_mi_bits"]) for m in models], "MI of top-1 experts (bits)", "layer", "layer",
               "top1_mi.png")
 

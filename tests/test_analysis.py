@@ -251,7 +251,7 @@ def test_analyze_shows_models_side_by_side(tiny_data, tmp_path, capsys):
     assert models["gru"]["update_gate"][0] is None and all(0 < z < 1 for z in models["gru"]["update_gate"][1:])
     assert models["np"]["update_gate"] == [None, None, None]  # no passing: every layer starts from h_0
     if importlib.util.find_spec("matplotlib"):  # optional: CI has none
-        assert sorted(os.listdir(tmp_path / "plots")) == ["expert_load.png", "gate_entropy.png", "gate_mi.png",
+        assert sorted(os.listdir(tmp_path / "plots")) == ["expert_load.png", "gate_entropy.png",
                                                           "top1_mi.png"]
     else:
         assert "pip install matplotlib to write pictures" in stdout
