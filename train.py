@@ -77,7 +77,10 @@ def main(argv):
     model.to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     if ckpt is not None:
+        chosen = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+        for group, settings in zip(optimizer.param_groups, chosen):
+            group.update(settings)  # the settings of this run (weight_decay, betas), not the checkpoint's groups'
         set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])], device_type)
     raw_model = model
     if cfg.compile:
