@@ -12,6 +12,7 @@ linear router, peak_tflops off CUDA, ...) says so in its help text (DECLARED_INE
 measures that it is inert there, and test_declared_inert_settings_say_so checks the words.
 """
 
+import copy
 import math
 import os
 import pickle
@@ -56,7 +57,7 @@ def declared(script, name):
     """The probe measured that the setting is inert in some mode: its help must say so."""
     assert (script, name) in DECLARED_INERT, f"{script} setting {name} is inert in some mode but not declared"
     for words in DECLARED_INERT[script, name]:
-        assert words in HELP[script].get(name, ""), f"the help of {name} does not say {words!r}: {HELP[script].get(name)}"
+        assert words in HELP[script].get(name, ""), f"the help of {name} does not say {words!r}"
 
 
 # -----------------------------------------------------------------------------
@@ -445,6 +446,10 @@ def test_a_dense_model_ignores_exactly_the_routing_settings():
 BASE = ["--max_iters=2", "--eval_interval=2", "--device=cpu"]
 
 
+def grad_norm(model):
+    return torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm().item()
+
+
 class Watch:
     """What reached the training step and the evaluation of a run of train.main."""
 
@@ -457,13 +462,17 @@ def ctx(monkeypatch, tiny_data, tmp_path):
     real_step, real_eval = train.train_step, train.evaluate
     runs = []
 
-    def run(*args, out=None, fixed_losses=False, data=tiny_data):
+    def run(*args, out=None, fixed_losses=False, data=tiny_data, mean_grad=False):
         watch = Watch(out or str(tmp_path / f"run{len(runs)}"))
         runs.append(watch)
 
         def step(model, optimizer, batches, grad_clip, autocast, ddp=False):
             with torch.no_grad():  # the micro-batches' losses before the step (no dropout in the probes using them)
                 lm = [model(x, y)[2]["lm_loss"].item() for x, y in batches]
+            if mean_grad:  # the norm of the gradient of the mean loss over the micro-batches, on a copy
+                twin = copy.deepcopy(model)
+                torch.stack([twin(x, y)[1] for x, y in batches]).mean().backward()
+                mean_grad_norm = grad_norm(twin)
             with autocast:
                 matmul = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
             before = [p.detach().clone() for p in model.parameters()]
@@ -471,7 +480,7 @@ def ctx(monkeypatch, tiny_data, tmp_path):
             real_opt_step = optimizer.step
 
             def opt_step(*a, **k):
-                norms.append(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).norm().item())
+                norms.append(grad_norm(model))
                 return real_opt_step(*a, **k)
             optimizer.step = opt_step
             try:
@@ -481,7 +490,8 @@ def ctx(monkeypatch, tiny_data, tmp_path):
             watch.steps.append({
                 "x": [x for x, _ in batches], "batches": batches, "model": model, "training": model.training,
                 "groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
-                "grad_norm": norms[0], "matmul": matmul, "lm": lm, "weights": before,
+                "mean_grad_norm": mean_grad_norm if mean_grad else None, "grad_norm": norms[0], "matmul": matmul,
+                "lm": lm, "weights": before,
                 "change": max((p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before))})
             return losses
 
@@ -577,8 +587,10 @@ def probe_batch_size(ctx):
 
 def probe_gradient_accumulation_steps(ctx):
     for gas in (2, 3):
-        watch = ctx.run(f"--gradient_accumulation_steps={gas}")
+        watch = ctx.run(f"--gradient_accumulation_steps={gas}", "--grad_clip=0", mean_grad=True)
         assert [len(step["x"]) for step in watch.steps] == [gas, gas]
+        for step in watch.steps:  # the step follows the gradient of the micro-batches' mean loss
+            assert math.isclose(step["grad_norm"], step["mean_grad_norm"], rel_tol=1e-4)
         logged = [r["loss"] for r in watch.record if r["kind"] == "train"]
         assert np.allclose(logged, [np.mean(step["lm"]) for step in watch.steps], rtol=1e-4)  # the step's mean
         assert watch.record[-1]["tokens"] == 2 * gas * 4 * 32
@@ -729,6 +741,13 @@ def probe_seed(ctx):
     assert not torch.equal(a.steps[0]["x"][0], b.steps[0]["x"][0])  # the data order
     assert not torch.equal(a.steps[0]["weights"][0], b.steps[0]["weights"][0])  # the initial weights
     assert torch.equal(a.steps[0]["weights"][0], ctx.run("--seed=1").steps[0]["weights"][0])
+    data = {s: np.arange(999, dtype=np.uint16) % 40 for s in ("train", "val")}
+    seen = {}
+    for seed in (1, 2):  # the evaluation's fixed batches
+        m = model(vocab_size=40)
+        m.register_forward_pre_hook(lambda mod, a, seed=seed: seen.setdefault(seed, []).append(a[0]))
+        evaluate(m, data, TrainConfig(seed=seed, eval_iters=1), 16, torch.autocast("cpu", enabled=False), "cpu")
+    assert all(not torch.equal(a, b) for a, b in zip(seen[1], seen[2]))
     assert not torch.equal(train_batches(np.arange(999, dtype=np.uint16), TrainConfig(seed=1), 8, 0, 0, 1, "cpu")[0][0],
                            train_batches(np.arange(999, dtype=np.uint16), TrainConfig(seed=2), 8, 0, 0, 1, "cpu")[0][0])
 
@@ -824,7 +843,8 @@ def sp_top_k(capsys, checkpoint, tmp_path, monkeypatch):
     greedy = texts(sample_main(capsys, checkpoint, "--temperature=0"))
     assert texts(sample_main(capsys, checkpoint, "--temperature=1.0", "--top_k=1")) == greedy
     assert texts(sample_main(capsys, checkpoint, "--temperature=1.0")) != greedy
-    assert sample_main(capsys, checkpoint, "--temperature=0", "--top_k=1") == sample_main(capsys, checkpoint, "--temperature=0")
+    greedy_out = sample_main(capsys, checkpoint, "--temperature=0")
+    assert sample_main(capsys, checkpoint, "--temperature=0", "--top_k=1") == greedy_out
     declared("sample", "top_k")
 
 
@@ -969,7 +989,8 @@ def ev_device(capsys, checkpoint, tmp_path, monkeypatch):
 def ev_threads(capsys, checkpoint, tmp_path, monkeypatch):
     seen = []
     real = eval_script.model_from_checkpoint
-    monkeypatch.setattr(eval_script, "model_from_checkpoint", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    monkeypatch.setattr(eval_script, "model_from_checkpoint",
+                        lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     monkeypatch.setattr(eval_script, "split_loss", lambda *a: (1.0, 1))  # no scoring needed
     for threads in (1, 2):
         eval_main(capsys, checkpoint, f"--threads={threads}")
