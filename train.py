@@ -80,7 +80,7 @@ def main(argv):
         chosen = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
         for group, settings in zip(optimizer.param_groups, chosen):
-            group.update(settings)  # the settings of this run (weight_decay, betas), not the checkpoint's groups'
+            group.update(settings)  # this run's weight_decay and betas, not those saved with the optimizer state
         set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])], device_type)
     raw_model = model
     if cfg.compile:
