@@ -38,7 +38,7 @@ DEFAULTS = {
     "dataset": "",  # "" = the checkpoint's own; else its data where it is now (moved), checked to be the same
     "splits": "all",  # comma-separated, of train, val, test; all = val, and test where the data has one
     "stride": 0,  # tokens between window starts; 0 = block_size (non-overlapping windows)
-    "batch_size": 8,  # windows per forward pass
+    "batch_size": 8,  # windows per forward pass (memory and speed: the scores are the same)
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
     "threads": 0,  # CPU threads for torch; 0 = its default (one per core): a whole split is a long job
 }

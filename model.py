@@ -31,7 +31,7 @@ class GPTConfig:
     n_layer: int = 4  # transformer blocks, each with an MoE layer (or a dense MLP)
     n_head: int = 4  # attention heads per block
     n_embd: int = 128  # width of the residual stream (the paper's d; h is the router state)
-    dropout: float = 0.0  # dropout probability in attention and feed-forward outputs, 0 = off
+    dropout: float = 0.0  # dropout of embeddings, attention and feed-forward outputs; training only; 0 = off
     # feed-forward: Mixture-of-Experts in every block, or a dense MLP when n_experts = 0
     n_experts: int = 8  # experts per MoE layer (N in the paper); 0 = a dense MLP instead
     top_k: int = 2  # experts per token (the MoE top-k; sample.py's --top_k is about sampled tokens)

@@ -33,12 +33,12 @@ DEFAULTS = {
     "num_samples": 3,  # how many texts to generate, each from the same prompt
     "max_new_tokens": 500,  # tokens (characters) to add to the prompt in each sample
     "temperature": 0.8,  # 1.0 samples the model's distribution, < 1 sharper, 0 greedy (argmax)
-    "top_k": 200,  # sample only among the k likeliest next tokens (nanoGPT's name; not the model's top_k experts)
-    "seed": 1337,  # random seed of the sampling; the same seed gives the same texts
+    "top_k": 200,  # sample among the k likeliest next tokens (not the model's top_k experts); unused at temperature 0
+    "seed": 1337,  # random seed of the sampling (none at temperature 0); the same seed gives the same texts
     "device": "auto",  # auto | cpu | cuda | cuda:N | mps
     "trace": False,  # show which experts each token went to in each MoE layer
-    "trace_layer": 0,  # in a terminal, colour the text by this layer's top-1 expert
-    "trace_topk": False,  # show all top_k experts of each token, not only the first
+    "trace_layer": 0,  # with trace, in a terminal, colour the text by this layer's top-1 expert
+    "trace_topk": False,  # with trace, show all top_k experts of each token, not only the first
     "threads": 1,  # CPU threads for torch; 0 = its default (one per core); 1 is fastest on a busy machine
 }
 

@@ -145,7 +145,10 @@ def build(cfg, model_settings, vocab, ckpt, ckpt_path, device, rank, ddp):
     model.to(device)
     optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
     if ckpt is not None:
+        chosen = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(ckpt["optimizer"])  # moves the state to the parameters' device
+        for group, settings in zip(optimizer.param_groups, chosen):
+            group.update(settings)  # this run's weight_decay and betas, not those saved with the optimizer state
         set_rng_state(ckpt["rng"][rank % len(ckpt["rng"])], device_type)
     trained = compile_moe(model) if cfg.compile else model
     if ddp:

@@ -54,7 +54,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     seed: int = 1337  # weights, dropout and the order of the data; compare.py varies it
-    peak_tflops: float = 312.0  # your GPU's bf16 peak, for MFU (A100 312, H100 SXM 989); unused on CPU
+    peak_tflops: float = 312.0  # your GPU's bf16 peak, for MFU (A100 312, H100 SXM 989); CUDA only, unused elsewhere
 
     def __post_init__(self):
         if self.init_from not in ("scratch", "resume"):
