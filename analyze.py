@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from rmoe.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
-from configurator import fail, run_script, script_settings, setting_comments
+from configurator import fail, run_script, script_settings
 from model import MoE
 from rmoe import REPO
 from rmoe.dataset import load_dataset, read_split
@@ -63,7 +63,7 @@ PLOTS = ("expert_load.png", "gate_entropy.png", "top1_mi.png")  # what --plots w
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
+    cfg, device = script_settings(sys.modules[__name__], argv)
     if cfg["split"] not in ("train", "val"):
         fail(f"split={cfg['split']!r} must be train or val")
     for key in ("tokens", "batch_size"):

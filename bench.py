@@ -31,7 +31,7 @@ import torch
 from torch.autograd.profiler import record_function
 from torch.profiler import profile
 
-from configurator import ConfigError, fail, parse_args, precision, run_script, script_settings, setting_comments
+from configurator import ConfigError, fail, parse_args, precision, run_script, script_settings
 from model import GPT, MLP, CausalSelfAttention, GPTConfig, MoE, compile_moe
 from router import Router, RouterCore
 from rmoe.training import MODEL_KEYS, TrainConfig, default_settings, train_step
@@ -52,7 +52,7 @@ ROWS = ("layer", "step", "sample", "profile")
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
+    cfg, device = script_settings(sys.modules[__name__], argv)
     try:
         settings, _ = parse_args(default_settings(), [cfg["config"]], "")
         TrainConfig(**{f.name: settings[f.name] for f in fields(TrainConfig)})  # train.py's checks

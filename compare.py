@@ -37,7 +37,7 @@ import sys
 import time
 
 from rmoe.checkpoint import atomic_write, claim, load_checkpoint, read_record, record_problem
-from configurator import ConfigError, fail, parse_args, read_config_file, setting_comments
+from configurator import ConfigError, fail, parse_args, read_config_file, script_settings
 from rmoe import REPO
 from rmoe.dataset import dataset_dir, load_dataset, split_fingerprints
 from rmoe.training import check_settings, default_settings
@@ -57,8 +57,8 @@ def main(argv):
     ours = [a for a in argv if a.split("=")[0][2:] in DEFAULTS or a in ("-h", "--help")]
     overrides = [a for a in argv if a.startswith("-") and a not in ours]
     lock = None
+    cfg, _ = script_settings(sys.modules[__name__], ours)
     try:
-        cfg, _ = parse_args(DEFAULTS, ours, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
         if len(files) != 1:
             raise ConfigError(f"give one experiment file (got {len(files)}), e.g. experiments/routers_small.py")
         exp = read_experiment(files[0], cfg["seeds"])

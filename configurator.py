@@ -16,8 +16,8 @@ setting with its value and what it means; the meanings are the trailing comments
 defaults in the source, read by setting_comments(), so they are written once.
 
 Also here, what every script shares: fail(), the one-line exit for bad input; pick_device(),
-precision() and set_threads(); script_settings() for the scripts that only read settings and a
-device; run_script() and say(), what a closed output pipe does.
+precision() and set_threads(); script_settings() for the scripts whose settings are a DEFAULTS
+dict; run_script() and say(), what a closed output pipe does.
 """
 
 import ast
@@ -164,14 +164,17 @@ def set_threads(threads):
         torch.set_num_threads(threads)
 
 
-def script_settings(defaults, argv, usage, help=None):
-    """(settings, device) for sample.py, analyze.py and bench.py, with torch set to the
-    settings' threads if they have that key; a bad setting exits with one line."""
+def script_settings(script, argv):
+    """(settings, device) of a script that keeps its settings in a DEFAULTS dict, each with its meaning
+    as a trailing comment (sample.py, eval.py, analyze.py, bench.py, compare.py, the lessons): the
+    defaults, then config files, then --key=value; --help prints the script's docstring and the
+    meanings. torch takes the settings' threads where they have that key; device is None where they
+    have none. A bad setting exits with one line."""
     try:
-        cfg, _ = parse_args(defaults, argv, usage, help)
+        cfg, _ = parse_args(script.DEFAULTS, argv, script.__doc__, help=setting_comments(script, "DEFAULTS"))
         if "threads" in cfg:
             set_threads(cfg["threads"])
-        return cfg, pick_device(cfg["device"])
+        return cfg, pick_device(cfg["device"]) if "device" in cfg else None
     except ConfigError as e:
         fail(e)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
-from configurator import fail, precision, run_script, script_settings, setting_comments
+from configurator import fail, precision, run_script, script_settings
 from rmoe.dataset import check_split, load_dataset, read_split
 
 DEFAULTS = {
@@ -45,7 +45,7 @@ DEFAULTS = {
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
+    cfg, device = script_settings(sys.modules[__name__], argv)
     if cfg["batch_size"] < 1:
         fail(f"batch_size={cfg['batch_size']} must be at least 1")
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")

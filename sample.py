@@ -25,7 +25,7 @@ import torch
 
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint
 from rmoe.dataset import dataset_dir, token_count, tokenizer
-from configurator import fail, precision, run_script, script_settings, setting_comments
+from configurator import fail, precision, run_script, script_settings
 
 DEFAULTS = {
     "out_dir": "out",  # folder holding ckpt.pt
@@ -44,7 +44,7 @@ DEFAULTS = {
 
 
 def main(argv):
-    cfg, device = script_settings(DEFAULTS, argv, __doc__, help=setting_comments(sys.modules[__name__], "DEFAULTS"))
+    cfg, device = script_settings(sys.modules[__name__], argv)
     if cfg["temperature"] < 0:
         fail(f"temperature={cfg['temperature']} must be >= 0 (0 is greedy)")
     for key, least in (("top_k", 1), ("num_samples", 1), ("max_new_tokens", 0), ("seed", 0)):

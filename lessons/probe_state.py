@@ -24,7 +24,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
 from analyze import route, token_windows  # noqa: E402
-from configurator import fail, parse_args, run_script  # noqa: E402
+from configurator import fail, run_script, script_settings  # noqa: E402
 from model import GPT, MoE  # noqa: E402
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from rmoe.dataset import load_dataset  # noqa: E402
@@ -94,7 +94,7 @@ def probe(features, labels, train, test, steps=100):
 
 
 def main(argv):
-    cfg, _ = parse_args(DEFAULTS, argv, __doc__)
+    cfg, _ = script_settings(sys.modules[__name__], argv)
     ckpt, model = load(cfg["ckpt"])
     if not any(isinstance(b.mlp, MoE) and b.mlp.router.passes_state for b in model.blocks):
         fail(f"{cfg['ckpt']} has a router without a state (router={model.config.router}); give an RMoE checkpoint")

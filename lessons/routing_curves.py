@@ -18,7 +18,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
-from configurator import fail, parse_args, run_script  # noqa: E402
+from configurator import fail, run_script, script_settings  # noqa: E402
 from rmoe.checkpoint import read_record  # noqa: E402
 
 DEFAULTS = {"runs": "out-walk/rmoe,out-walk/smoe", "out": "out-lessons/routing_curves"}
@@ -36,7 +36,7 @@ def curves(record):
 
 
 def main(argv):
-    cfg, _ = parse_args(DEFAULTS, argv, __doc__)
+    cfg, _ = script_settings(sys.modules[__name__], argv)
     runs = {}
     for folder in [f for f in cfg["runs"].split(",") if f]:
         record = read_record(folder)

@@ -19,7 +19,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
 from analyze import route, token_windows  # noqa: E402
-from configurator import fail, parse_args, run_script  # noqa: E402
+from configurator import fail, run_script, script_settings  # noqa: E402
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from rmoe.dataset import load_dataset  # noqa: E402
 
@@ -55,7 +55,7 @@ def class_routing(model, windows, vocab):
 
 
 def main(argv):
-    cfg, _ = parse_args(DEFAULTS, argv, __doc__)
+    cfg, _ = script_settings(sys.modules[__name__], argv)
     path = os.path.join(cfg["ckpt"], "ckpt.pt")
     try:
         ckpt = load_checkpoint(path, setting="ckpt")

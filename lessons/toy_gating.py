@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
-from configurator import parse_args, run_script  # noqa: E402
+from configurator import run_script, script_settings  # noqa: E402
 from model import MoE, GPTConfig, swiglu  # noqa: E402
 
 DEFAULTS = {
@@ -37,7 +37,7 @@ def table(name, rows, fmt="{:7.3f}"):
 
 
 def main(argv):
-    cfg, _ = parse_args(DEFAULTS, argv, __doc__)
+    cfg, _ = script_settings(sys.modules[__name__], argv)
     torch.manual_seed(cfg["seed"])
     config = GPTConfig(n_embd=cfg["n_embd"], n_head=1, n_experts=cfg["n_experts"], top_k=cfg["top_k"],
                        mlp_hidden=2 * cfg["n_embd"], router="linear", norm_topk=cfg["norm_topk"], vocab_size=1)

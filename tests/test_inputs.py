@@ -65,9 +65,9 @@ def test_a_setting_without_a_meaning_still_prints(capsys):
 def test_sampling_uses_one_thread_unless_told_otherwise():
     before = torch.get_num_threads()
     try:
-        script_settings(sample.DEFAULTS, ["--device=cpu"], "")
+        script_settings(sample, ["--device=cpu"])
         assert torch.get_num_threads() == 1
-        script_settings(sample.DEFAULTS, ["--device=cpu", "--threads=2"], "")
+        script_settings(sample, ["--device=cpu", "--threads=2"])
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

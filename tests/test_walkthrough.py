@@ -23,6 +23,7 @@ def lesson(name):
     """A lessons/ script as a module (they are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "lessons", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as when run: script_settings reads its settings from sys.modules[__name__]
     spec.loader.exec_module(module)
     return module
 
