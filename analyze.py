@@ -14,8 +14,8 @@ per MoE layer:
 - the paper's inner and outer balance (Tab. 8);
 - cross-layer dependence: the mutual information in bits between consecutive
   layers' top-1 experts, and how many distinct top-1 expert paths the tokens take
-  through the depth; also the paper's mutual-information heat map (App. A.4.2),
-  which does not measure dependence: per token it pairs expert n of one layer with
+  through the depth; also the paper's mutual information (App. A.4.2), reported
+  but not drawn, which does not measure dependence: per token it pairs expert n of one layer with
   expert n of another (arbitrary labels) and bins only E scores, so it is ln E
   whenever a token's E scores fall in E different bins, however they pair, and
   shuffling the tokens between layers leaves it as it was (its row beside it);

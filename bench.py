@@ -77,9 +77,9 @@ def main(argv):
                              f"such as config/rmoe_small.py")
     except ValueError as e:
         fail(e)
-    smoe = GPTConfig(**{**model_settings, "router": "linear", "router_passing": "full",
-                        "router_shared_proj": False}, vocab_size=cfg["vocab_size"])
-    dense = GPTConfig(**{**model_settings, "n_experts": 0, "mlp_hidden": rmoe.top_k * rmoe.mlp_hidden},
+    plain = {f.name: f.default for f in fields(GPTConfig) if f.name.startswith("router_")}  # no ablation switch
+    smoe = GPTConfig(**{**model_settings, **plain, "router": "linear"}, vocab_size=cfg["vocab_size"])
+    dense = GPTConfig(**{**model_settings, **plain, "n_experts": 0, "mlp_hidden": rmoe.top_k * rmoe.mlp_hidden},
                       vocab_size=cfg["vocab_size"])
     bench = Bench(device, cfg["dtype"], cfg["rounds"], cfg["uniform"], cfg["compile"])
     batch = (settings["batch_size"], rmoe.block_size)

@@ -180,7 +180,7 @@ def run_state(run, fingerprints):
         if end:  # it trained, but nothing says with which settings
             raise ConfigError(f"{where}: its record ends at step {end} but it has no ckpt.pt, so its settings "
                               f"cannot be checked; restore the checkpoint, or {again}")
-        return "finished" if end == run["max_iters"] else "new"
+        return "finished" if end == run["max_iters"] else "new"  # end is None, or 0 for --max_iters=0
     ckpt = load_checkpoint(ckpt_path, for_resume=True)
     problem = record_problem(records, ckpt)
     if problem:
@@ -191,7 +191,10 @@ def run_state(run, fingerprints):
     if differ:
         raise ConfigError(f"{where} was trained with {', '.join(differ)}; give the command it was trained with, "
                           f"or a new --exp_dir")
-    if ckpt.get("data_files", data_of(run, fingerprints)) != data_of(run, fingerprints):
+    if "data_files" not in ckpt:
+        raise ConfigError(f"{where}: its checkpoint does not name the files of its data (an older rmoe wrote it), "
+                          f"so its data cannot be checked; {again}")
+    if ckpt["data_files"] != data_of(run, fingerprints):
         raise ConfigError(f"{where} was trained on other data than {dataset_dir(run['dataset'])} holds now (it was "
                           f"prepared again since); restore the data it was trained on, or use a new --exp_dir")
     trained = max(end or 0, ckpt["iter_num"])

@@ -157,7 +157,7 @@ def setting_comments(source, name=None):
 def set_threads(threads):
     """Use this many CPU threads in torch (0 keeps torch's default, one per core, or
     OMP_NUM_THREADS). On a machine other programs share, one thread samples a small model
-    about twice as fast as two (see README, "When things go wrong")."""
+    about twice as fast as two (see docs/troubleshooting.md, "Threads on a busy machine")."""
     if threads < 0:
         raise ConfigError(f"threads={threads} must be 0 (torch's default) or more")
     if threads:

@@ -96,9 +96,11 @@ def scored_splits(ckpt, ckpt_path, cfg):
     if vocab != ckpt.get("vocab"):
         fail(f"the data in {data_dir} is not the data {ckpt_path} was trained on (another vocabulary); give "
              f"--dataset=<folder> of that data, or score a model trained on this")
-    for split in splits:  # the checkpoint names each file of its data (older checkpoints name none)
-        if "data_files" in ckpt:
-            check_split(data_dir, split, ckpt["data_files"], ckpt_path)
+    if "data_files" not in ckpt:
+        fail(f"{ckpt_path} does not name the files of its data (an older rmoe wrote it), so the splits it would "
+             f"be scored on cannot be checked; score a model trained with this code")
+    for split in splits:
+        check_split(data_dir, split, ckpt["data_files"], ckpt_path)
     return data_dir, vocab, splits
 
 

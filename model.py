@@ -33,7 +33,7 @@ class GPTConfig:
     n_embd: int = 128  # width of the residual stream (the paper's d; h is the router state)
     dropout: float = 0.0  # dropout of embeddings, attention and feed-forward outputs; training only; 0 = off
     # feed-forward: Mixture-of-Experts in every block, or a dense MLP when n_experts = 0
-    n_experts: int = 8  # experts per MoE layer (N in the paper); 0 = a dense MLP instead
+    n_experts: int = 8  # experts per MoE layer (E here, N in the paper); 0 = a dense MLP instead
     top_k: int = 2  # experts per token (the MoE top-k; sample.py's --top_k is about sampled tokens)
     mlp_hidden: int = 256  # hidden width of each expert's SwiGLU MLP (of the dense MLP when n_experts = 0)
     norm_topk: bool = True  # renormalise the k gate weights to sum to 1
@@ -248,7 +248,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        # the recurrent cell shared by all layers (Eq. 5); linear routers have nothing shared
+        # the router parts shared by all layers: the cell (Eq. 5), and the S-proj projection; None for routers without a cell
         self.router_core = RouterCore(config) if config.has_router_core else None
         self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

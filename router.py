@@ -172,7 +172,7 @@ class RecurrentRouter(Router):
         x_p = proj(x)  # (N, p)  Eq. 4: x'_i = Proj_i(x_i)
         if h is None:
             h = torch.zeros_like(x_p)  # h_0 = 0: the first layer, or every layer under NP
-        h = core.cell(x_p, h)  # (N, p)  Eq. 5: h_i = GRU(x'_i, h_{i-1}), not detached by default
+        h = core.cell(x_p, h)  # (N, p)  Eq. 5: h_i = Cell(x'_i, h_{i-1}) (GRU in the paper), not detached by default
         return self.gate(h), h  # (N, E)  Eq. 6: logits from h_i; the experts still see x_i
 
 

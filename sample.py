@@ -7,7 +7,7 @@ Generate text from a trained checkpoint.
     python sample.py --out_dir=out-rmoe-small --start="ROMEO:" --max_new_tokens=0 --num_samples=1 --trace=True
 
 The model and its character vocabulary come from out_dir/ckpt.pt; a checkpoint
-without one uses GPT-2 BPE (tiktoken). A prompt longer than the model's
+without one uses GPT-2 BPE (the dataset folder's BPE files, or tiktoken's download). A prompt longer than the model's
 block_size is fine: it is cropped to its last block_size tokens (see
 GPT.generate() for the window once the text outgrows block_size).
 

@@ -6,8 +6,8 @@ One process (CPU, one CUDA GPU or Apple MPS, picked automatically):
     python train.py config/rmoe_small.py --router=linear --out_dir=out-smoe
 DDP, one process per GPU (nccl) or per CPU process (gloo):
     torchrun --standalone --nproc_per_node=2 train.py config/rmoe_small.py
-Continue a run from out_dir/ckpt.pt, with the settings saved in it (model
-settings cannot change; others given explicitly, such as max_iters, win):
+Continue a run from out_dir/ckpt.pt, with the settings saved in it (model settings
+that shape a weight cannot change; others given explicitly, such as max_iters, win):
     python train.py --out_dir=out-rmoe-small --init_from=resume --max_iters=4000
 
 Settings: TrainConfig (rmoe/training.py) and the model's GPTConfig (model.py), set by
@@ -166,7 +166,10 @@ def read_data(dataset, block_size, master, ddp, ckpt):
             fail(f"{split}.bin of {data_dir} has {len(tokens)} tokens, not more than block_size={block_size}; "
                  f"lower block_size or use more text")
     fingerprints = split_fingerprints(data_dir)
-    if ckpt is not None and ckpt.get("data_files", fingerprints) != fingerprints:
+    if ckpt is not None and "data_files" not in ckpt:
+        fail("the checkpoint does not name the files of its data (an older rmoe wrote it), so resume cannot "
+             "check them; start a new --out_dir")
+    if ckpt is not None and ckpt["data_files"] != fingerprints:
         fail(f"the data in {data_dir} is not the data the checkpoint was trained on (train.bin, val.bin, test.bin "
              f"or meta.pkl changed); resume with the data it was trained on, or start a new --out_dir")
     return data, vocab, fingerprints

@@ -5,7 +5,7 @@
 # Our experts are SwiGLU (3 matrices), the paper's have 2: hidden 237 is the width at which the
 # non-embedding parameters come nearest the paper's (ours 36.05M SMoE / 36.48M RMoE, Tab. 1:
 # 36.08M / 36.51M; tests/test_paper_configs.py holds them to 1%).
-# What still differs from the paper's model (pre-norm GPT, no Transformer-XL memory): README, "enwik8".
+# What still differs from the paper's model (pre-norm GPT, no Transformer-XL memory): docs/experiments.md, "enwik8 and the paper-shaped runs".
 out_dir = "out-enwik8-medium"
 dataset = "enwik8"
 n_layer = 8

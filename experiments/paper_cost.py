@@ -1,6 +1,6 @@
 """
 What the paper's enwik8 runs cost on paper: FLOPs per token, FLOPs per run, and the GPU time
-they imply. Prints the Markdown table of the README's "enwik8" section.
+they imply. Prints the Markdown table of docs/experiments.md, "Cost on paper".
 
     python experiments/paper_cost.py
 

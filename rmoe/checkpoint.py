@@ -3,17 +3,16 @@ What a run keeps in its out_dir: the checkpoint, the record (log.jsonl), and a l
 the object through which train.py touches them and through which its processes stop together.
 
 Checkpoints: written atomically, read with weights_only=True and checked once, turned back into
-the exact model. atomic_write() here writes every file the project writes.
+the exact model. atomic_write() here also writes analyze.py's and compare.py's outputs.
 
 A checkpoint is a dict of tensors and plain python values: the model and
 optimizer state, the full model config (so resume and sample rebuild the very
 same model), the training config, the vocabulary (a list of characters,
-"bytes" for a byte-level dataset, None for GPT-2 BPE), the data's fingerprint,
+"bytes" for a byte-level dataset, None for GPT-2 BPE), data_files (the sha256 of each file of its data),
 the step, the best validation loss, the RNG state and how many records of
 log.jsonl led to it (so a record that lost some is refused).
 """
 
-import contextlib
 import io
 import json
 import math
@@ -29,6 +28,7 @@ import torch.distributed as dist
 
 from configurator import fail, say
 from model import GPT, GPTConfig
+from rmoe import replace_file
 
 try:
     import fcntl  # out_dir locks; Windows has none, and runs there go unlocked
@@ -37,19 +37,11 @@ except ImportError:
 
 
 def atomic_write(path, data, what="file"):
-    """Write the bytes to a temporary file beside path, then rename it over path: a crash or a
-    failed write (disk full, a read-only folder) leaves the previous file whole. Every file the
-    project writes goes through here; a failed write is a one-line ValueError that says so."""
-    tmp = f"{path}.tmp"
+    """replace_file (rmoe/__init__.py) for the scripts' outputs: a failed write is a one-line ValueError
+    that says what happened and what was kept."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(path, data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         kept = f"the previous {path} is intact" if os.path.isfile(path) else f"no {what} was written"
         raise ValueError(f"cannot write {what} {path} ({e.strerror or e}); {kept}; free disk space "
                          f"or fix the folder's permissions") from None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from rmoe import REPO
+from rmoe import REPO, replace_file
 
 
 class PrepareError(ValueError):
@@ -286,21 +286,11 @@ def write_dataset(out_dir, files):
 def write_file(path, data):
     """replace_file, with a one-line error."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         replace_file(path, data)
     except OSError as e:
         raise PrepareError(f"cannot write {e.filename or path}: {e.strerror}; "
                            "check the output folder and free disk space") from None
-
-
-def replace_file(path, data):
-    """Write bytes to path through a temporary file beside it, so path is never half written."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def manifest(folder):

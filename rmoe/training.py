@@ -4,9 +4,12 @@ them), bench.py (which times train_step), compare.py and the experiment tools (w
 a run's settings before starting it).
 
     TrainConfig        every training setting with its default and meaning, checked on construction
+    MODEL_KEYS         the model settings train.py takes (all of GPTConfig but vocab_size, which the data sets)
+    RESUME_MAY_CHANGE  the model settings a resumed run may change: they shape no weight
     default_settings   the training and model settings train.py takes, with their defaults
     check_settings     a settings dict -> (TrainConfig, model settings), or a one-line ValueError
     resumed_settings   what a resumed run trains with: the checkpoint's settings and the ones given now
+    start_processes    one process, or this process's place under torchrun (DDP)
     learning_rate      warm-up, cosine decay, floor
     train_batches      the seeded micro-batches of a step (the same on resume and at any process count)
     train_step         forward, backward, clip, AdamW

@@ -167,3 +167,12 @@ def test_ctrl_c_while_scoring_is_one_line(tiny_checkpoint, monkeypatch, capsys):
         eval_script.main([f"--out_dir={tiny_checkpoint}", "--threads=1"])
     assert raised.value.code == 130
     assert capsys.readouterr().err == "interrupted while scoring val; nothing was written\n"
+
+
+def test_a_checkpoint_that_names_no_data_files_is_refused_not_scored_unchecked(tiny_checkpoint, tmp_path):
+    ckpt = load_checkpoint(f"{tiny_checkpoint}/ckpt.pt")
+    del ckpt["data_files"]  # as an older rmoe wrote it
+    save_checkpoint(ckpt, str(tmp_path / "ckpt.pt"))
+    with pytest.raises(SystemExit) as raised:
+        eval_script.main([f"--out_dir={tmp_path}", "--threads=1"])
+    assert_one_line_exit(raised, "does not name the files of its data", "cannot be checked")

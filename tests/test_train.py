@@ -210,3 +210,14 @@ def test_the_record_holds_every_logged_step_every_evaluation_and_an_end(tiny_dat
     assert ckpt["best_val_loss"] == best["val_loss"]  # the record agrees with the checkpoint beside it
     # the logged loss is the step's mean lm loss over its micro-steps: near the evaluation loss
     assert abs(records[3]["loss"] - evals[2]["train_loss"]) < 0.3
+
+
+def test_resume_refuses_a_checkpoint_that_names_no_data_files(tiny_checkpoint, tmp_path):
+    """A checkpoint of an older rmoe (no data_files) cannot have its data checked: refused, not resumed unchecked."""
+    shutil.copytree(tiny_checkpoint, tmp_path / "old")
+    ckpt = load_checkpoint(str(tmp_path / "old" / "ckpt.pt"))
+    del ckpt["data_files"]
+    torch.save(ckpt, tmp_path / "old" / "ckpt.pt")
+    with pytest.raises(SystemExit, match="does not name the files of its data .* start a new --out_dir"):
+        train_module.main([f"--out_dir={tmp_path / 'old'}", "--init_from=resume", "--max_iters=4"])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
