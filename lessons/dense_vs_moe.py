@@ -17,12 +17,12 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
-from configurator import parse_args, run_script  # noqa: E402
+from configurator import parse_args, run_script, setting_comments  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from rmoe.training import MODEL_KEYS, default_settings  # noqa: E402
+from rmoe.training import MODEL_KEYS, TrainConfig, default_settings  # noqa: E402
 
 DEFAULTS = {
-    "configs": "config/dense_small.py,config/smoe_small.py,config/rmoe_small.py",  # comma-separated
+    "configs": "config/dense_small.py,config/smoe_small.py,config/rmoe_small.py",  # comma-separated config files
     "vocab_size": 84,  # characters of shakespeare_char (its meta.pkl); the embedding's size
 }
 
@@ -46,7 +46,9 @@ def count(model):
 
 
 def main(argv):
-    cfg, _ = parse_args({**DEFAULTS, **default_settings()}, argv, __doc__)
+    meanings = {**setting_comments(TrainConfig), **setting_comments(GPTConfig),  # train.py's, for every config
+                **setting_comments(sys.modules[__name__], "DEFAULTS")}
+    cfg, _ = parse_args({**DEFAULTS, **default_settings()}, argv, __doc__, help=meanings)
     files = [f for f in cfg["configs"].split(",") if f]
     overrides = [a for a in argv if a.startswith("--") and not a.startswith(("--configs=", "--vocab_size="))]
     columns = {}

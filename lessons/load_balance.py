@@ -22,21 +22,25 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
-from configurator import fail, parse_args, run_script  # noqa: E402
+from configurator import fail, parse_args, run_script, script_settings  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from rmoe.checkpoint import read_record  # noqa: E402
 from rmoe.dataset import get_batch, load_dataset, read_split, vocab_size  # noqa: E402
 from rmoe.routing_stats import gate_entropy, routing_summary  # noqa: E402
 from rmoe.training import MODEL_KEYS, default_settings  # noqa: E402
 
-OWN = {"out": "out-lessons/load_balance", "config": "config/rmoe_small.py", "steps": 300}
+DEFAULTS = {
+    "out": "out-lessons/load_balance",  # folder of the two runs and the picture
+    "config": "config/rmoe_small.py",  # the training config both runs start from
+    "steps": 300,  # training steps of each run
+}
 RUNS = {"lb on": "--lb_loss_coef=0.01", "lb off": "--lb_loss_coef=0"}
 
 
 def split_argv(argv):
     """(this script's settings, the arguments for train.py)."""
-    mine = [a for a in argv if a.split("=")[0].lstrip("-") in OWN]
-    cfg, _ = parse_args(OWN, mine, __doc__)
+    mine = [a for a in argv if a.split("=")[0].lstrip("-") in DEFAULTS or a in ("-h", "--help")]
+    cfg, _ = script_settings(sys.modules[__name__], mine)
     return cfg, [a for a in argv if a not in mine]
 
 
