@@ -225,7 +225,7 @@ def split_text(text):
 
 MANIFEST = "dataset.json"
 UNFINISHED = {"unfinished": True}  # dataset.json while a prepare replaces files
-DATASET_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl", "encoder.json", "vocab.bpe")
+PREPARED_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl", "encoder.json", "vocab.bpe")  # what a prepare may write
 
 
 def output_folder(args, script_dir, suffix):
@@ -243,7 +243,7 @@ def check_out_dir(out_dir, replace):
     """Refuse, before any work, an output folder that is a file or holds a dataset to keep."""
     if out_dir.exists() and not out_dir.is_dir():
         raise PrepareError(f"output folder {out_dir} is a file; pass another --out_dir")
-    held = [name for name in (MANIFEST, *DATASET_FILES) if (out_dir / name).exists()]
+    held = [name for name in (MANIFEST, *PREPARED_FILES) if (out_dir / name).exists()]
     if held and not replace and manifest(out_dir) != UNFINISHED:  # an unfinished one holds nothing to keep
         raise PrepareError(f"{out_dir} already holds a dataset ({', '.join(held)}); pass another --out_dir, "
                            "or --replace to replace it")
@@ -269,7 +269,7 @@ def write_dataset(out_dir, files):
             temps[name].write_bytes(data)
         replace_file(out_dir / MANIFEST, json.dumps(UNFINISHED).encode())
         marked = True
-        for name in DATASET_FILES:
+        for name in PREPARED_FILES:
             if name in files:
                 os.replace(temps[name], out_dir / name)
             else:
@@ -314,7 +314,7 @@ def dataset_problem(folder):
     if not (isinstance(listed, dict) and isinstance(listed.get("files"), dict)
             and all(isinstance(entry, dict) for entry in listed["files"].values())):
         return f"{Path(folder) / MANIFEST} is not the list of files a prepare script writes"
-    for name in DATASET_FILES:
+    for name in PREPARED_FILES:
         path = Path(folder) / name
         if name not in listed["files"]:
             if path.exists():
