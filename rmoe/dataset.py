@@ -122,7 +122,8 @@ def read_split(data_dir, split):
     return np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
 
 
-DATA_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl")  # what the model learns from; GPT-2 BPE files are checked by their own sha256
+# the files of the data a model learns from (GPT-2 BPE files are checked against their own sha256 when read)
+DATA_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl")
 
 
 def split_fingerprints(data_dir):
