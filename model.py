@@ -248,7 +248,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        # the router parts shared by all layers: the cell (Eq. 5), and the S-proj projection; None for routers without a cell
+        # the router parts all layers share: the cell (Eq. 5) and the S-proj projection; None without a cell
         self.router_core = RouterCore(config) if config.has_router_core else None
         self.ln_f = nn.LayerNorm(config.n_embd, bias=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

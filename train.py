@@ -179,7 +179,8 @@ def describe(model):
     c = model.config
     return (f"model: {c.n_layer} layers x {c.n_embd} wide, "
             + (f"{c.n_experts} experts top-{c.top_k}, router {c.router}" if c.is_moe else "dense MLP")
-            + f" | params {model.num_params() / 1e6:.2f}M total, {model.num_active_params() / 1e6:.2f}M active per token")
+            + f" | params {model.num_params() / 1e6:.2f}M total, "
+            f"{model.num_active_params() / 1e6:.2f}M active per token")
 
 
 def log_eval(run, model, losses, per_layer, step, tokens):

@@ -225,7 +225,8 @@ def split_text(text):
 
 MANIFEST = "dataset.json"
 UNFINISHED = {"unfinished": True}  # dataset.json while a prepare replaces files
-PREPARED_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl", "encoder.json", "vocab.bpe")  # what a prepare may write
+# every file a prepare script may write
+PREPARED_FILES = ("train.bin", "val.bin", "test.bin", "meta.pkl", "encoder.json", "vocab.bpe")
 
 
 def output_folder(args, script_dir, suffix):
