@@ -66,15 +66,15 @@ class GPTConfig:
             raise ValueError(f"router={self.router!r} is not one of {', '.join(ROUTERS)}")
         if self.router_passing not in ROUTER_PASSING:
             raise ValueError(f"router_passing={self.router_passing!r} is not one of {', '.join(ROUTER_PASSING)}")
-        # a switch the router does not read would be silently ignored: the run would not be the ablation asked for
+        # a router switch the router does not read would be silently ignored, and the run would not be the
+        # ablation asked for; a size it does not read is harmless (rmoe_small's p carries over to --router=linear)
         reads = ROUTERS[self.router].settings if self.is_moe else ()
         for f in fields(self):
-            default = f.default
-            if f.name.startswith("router_") and isinstance(default, (str, bool)) and f.name not in reads \
-                    and getattr(self, f.name) != default:
-                raise ValueError(f"{f.name}={getattr(self, f.name)!r} does not apply to router={self.router!r}"
-                                 + ("" if self.is_moe else " in a dense model (n_experts=0)")
-                                 + f"; leave it at {default!r} or pick a router that reads it")
+            is_switch = f.name.startswith("router_") and isinstance(f.default, (str, bool))
+            if is_switch and f.name not in reads and getattr(self, f.name) != f.default:
+                where = f"router={self.router!r}" + ("" if self.is_moe else " in a dense model (n_experts=0)")
+                raise ValueError(f"{f.name}={getattr(self, f.name)!r} does not apply to {where}; "
+                                 f"leave it at {f.default!r} or pick a router that reads it")
         if self.lb_loss_coef < 0 or self.z_loss_coef < 0:
             raise ValueError("lb_loss_coef and z_loss_coef must be >= 0")
 
