@@ -3,6 +3,7 @@
 # Shakespeare characters, for one GPU. Not yet run by us: see the README.
 # For the SMoE baseline add --router=linear --out_dir=out-smoe-gpu.
 out_dir = "out-rmoe-gpu"
+device = "cuda"  # a GPU config: on a machine without one this is an error, not hours on the CPU (--device=cpu to insist)
 n_layer = 8
 n_head = 8
 n_embd = 352
