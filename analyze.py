@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from rmoe.checkpoint import atomic_write, load_checkpoint, model_from_checkpoint
-from configurator import fail, run_script, script_settings
+from configurator import fail, pyplot, run_script, script_settings
 from model import MoE
 from rmoe import REPO
 from rmoe.dataset import load_dataset, read_split
@@ -281,12 +281,8 @@ def write_plots(reports, folder):
     layer x layer heat map of the top-1 expert MI (top1_mi.png): one panel per model. The paper's
     gate MI is in the report and the JSON but not drawn: it is not a dependence measure (the same
     with the tokens shuffled)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only, no window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pip install matplotlib to write pictures (the report above does not need it)")
+    plt = pyplot("to write pictures (the report above does not need it)")
+    if plt is None:
         return
     try:
         os.makedirs(folder, exist_ok=True)

@@ -37,7 +37,7 @@ import sys
 import time
 
 from rmoe.checkpoint import atomic_write, claim, load_checkpoint, read_record, record_problem
-from configurator import ConfigError, fail, parse_args, read_config_file, script_settings
+from configurator import ConfigError, fail, parse_args, pyplot, read_config_file, script_settings
 from rmoe import REPO
 from rmoe.dataset import dataset_dir, load_dataset, split_fingerprints
 from rmoe.training import check_settings, default_settings
@@ -469,12 +469,8 @@ def no_nan(value):
 
 def plot_curves(variants, path):
     """Mean val loss per variant over steps, with a band of ± one standard deviation over seeds."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pip install matplotlib to draw the val-loss curves")
+    plt = pyplot("to draw the val-loss curves")
+    if plt is None:
         return
     import io
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

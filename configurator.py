@@ -199,6 +199,19 @@ def say(text):
         sys.stdout = open(os.devnull, "w")
 
 
+def pyplot(purpose):
+    """matplotlib.pyplot, drawing into files only; or None, after a line saying how to get it, where
+    matplotlib is not installed: pictures are optional, and nothing else needs it."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"pip install matplotlib {purpose}")
+        return None
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def fail(message):
     """One line on stderr and a non-zero exit: bad input is not a traceback."""
     raise SystemExit(f"error: {message}")

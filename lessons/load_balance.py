@@ -22,7 +22,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
-from configurator import fail, parse_args, run_script, script_settings  # noqa: E402
+from configurator import fail, parse_args, pyplot, run_script, script_settings  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from rmoe.checkpoint import read_record  # noqa: E402
 from rmoe.dataset import get_batch, load_dataset, read_split, vocab_size  # noqa: E402
@@ -113,12 +113,8 @@ def compare(records, folder, top_k):
 
 
 def draw(records, last, folder, top_k):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pip install matplotlib for the picture")
+    plt = pyplot("for the picture")
+    if plt is None:
         return
     loads = {n: torch.tensor([layer["load"] for layer in e["routing"]]) for n, e in last.items()}
     vmax = max(v.max().item() for v in loads.values())

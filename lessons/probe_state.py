@@ -24,7 +24,7 @@ import torch.nn.functional as F
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
 from analyze import route, token_windows  # noqa: E402
-from configurator import fail, run_script, script_settings  # noqa: E402
+from configurator import fail, pyplot, run_script, script_settings  # noqa: E402
 from model import GPT, MoE  # noqa: E402
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from rmoe.dataset import load_dataset  # noqa: E402
@@ -154,12 +154,8 @@ def cross_layer(model, top1, state, cfg):
 
 
 def draw(results, folder, name):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pip install matplotlib for the picture")
+    plt = pyplot("for the picture")
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(TARGETS), figsize=(13, 3.3), sharey=True, layout="constrained")
     for ax, target in zip(axes, TARGETS):

@@ -18,7 +18,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
-from configurator import fail, run_script, script_settings  # noqa: E402
+from configurator import fail, pyplot, run_script, script_settings  # noqa: E402
 from rmoe.checkpoint import read_record  # noqa: E402
 
 DEFAULTS = {"runs": "out-walk/rmoe,out-walk/smoe", "out": "out-lessons/routing_curves"}
@@ -54,12 +54,8 @@ def main(argv):
 
 
 def draw(runs, folder):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pip install matplotlib for the picture")
+    plt = pyplot("for the picture")
+    if plt is None:
         return
     fig, axes = plt.subplots(len(runs), len(PANELS) + 1, figsize=(14, 2.8 * len(runs)), squeeze=False,
                              layout="constrained")

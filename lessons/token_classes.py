@@ -19,7 +19,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the repository's modules
 from analyze import route, token_windows  # noqa: E402
-from configurator import fail, run_script, script_settings  # noqa: E402
+from configurator import fail, pyplot, run_script, script_settings  # noqa: E402
 from rmoe.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from rmoe.dataset import load_dataset  # noqa: E402
 
@@ -81,12 +81,8 @@ def main(argv):
 
 
 def draw(tables, sizes, folder, name):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("pip install matplotlib for the picture")
+    plt = pyplot("for the picture")
+    if plt is None:
         return
     keep = [i for i, n in enumerate(sizes.tolist()) if n]  # kinds the text has
     labels = [list(CLASSES)[i] for i in keep]
