@@ -19,6 +19,7 @@ import pickle
 import shutil
 import sys
 from dataclasses import fields
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
@@ -665,22 +666,17 @@ def probe_weight_decay(ctx):
     check_groups(ctx.run("--init_from=resume", "--max_iters=3", "--weight_decay=0.0", out=watch.out), weight_decay=0.0)
 
 
-def probe_beta1(ctx):
+def probe_beta(which, ctx):
+    """beta1 (which=0) or beta2 (which=1): in the optimizer's groups and its step, fresh and on resume."""
+    def betas(value):  # the default betas (0.9, 0.99) with this one replaced
+        return tuple(value if i == which else default for i, default in enumerate((0.9, 0.99)))
+    name = f"--beta{which + 1}"
     a, _ = optimizer_steps(betas=(0.9, 0.99))
-    b, opt = optimizer_steps(betas=(0.5, 0.99))
-    assert opt.param_groups[0]["betas"] == (0.5, 0.99) and differ(a.wte.weight, b.wte.weight)
-    watch = ctx.run("--beta1=0.8", "--always_save_checkpoint=True")
-    check_groups(watch, betas=(0.8, 0.99))
-    check_groups(ctx.run("--init_from=resume", "--max_iters=3", "--beta1=0.7", out=watch.out), betas=(0.7, 0.99))
-
-
-def probe_beta2(ctx):
-    a, _ = optimizer_steps(betas=(0.9, 0.99))
-    b, opt = optimizer_steps(betas=(0.9, 0.5))
-    assert opt.param_groups[0]["betas"] == (0.9, 0.5) and differ(a.wte.weight, b.wte.weight)
-    watch = ctx.run("--beta2=0.95", "--always_save_checkpoint=True")
-    check_groups(watch, betas=(0.9, 0.95))
-    check_groups(ctx.run("--init_from=resume", "--max_iters=3", "--beta2=0.9", out=watch.out), betas=(0.9, 0.9))
+    b, opt = optimizer_steps(betas=betas(0.5))
+    assert opt.param_groups[0]["betas"] == betas(0.5) and differ(a.wte.weight, b.wte.weight)
+    watch = ctx.run(f"{name}=0.8", "--always_save_checkpoint=True")
+    check_groups(watch, betas=betas(0.8))
+    check_groups(ctx.run("--init_from=resume", "--max_iters=3", f"{name}=0.7", out=watch.out), betas=betas(0.7))
 
 
 def probe_grad_clip(ctx):
@@ -769,8 +765,8 @@ TRAIN_PROBES = {
     "eval_iters": probe_eval_iters, "log_interval": probe_log_interval,
     "always_save_checkpoint": probe_always_save_checkpoint, "dataset": probe_dataset, "batch_size": probe_batch_size,
     "gradient_accumulation_steps": probe_gradient_accumulation_steps, "learning_rate": probe_learning_rate,
-    "max_iters": probe_max_iters, "weight_decay": probe_weight_decay, "beta1": probe_beta1, "beta2": probe_beta2,
-    "grad_clip": probe_grad_clip, "warmup_iters": probe_warmup_iters, "lr_decay_iters": probe_lr_decay_iters,
+    "max_iters": probe_max_iters, "weight_decay": probe_weight_decay, "beta1": partial(probe_beta, 0),
+    "beta2": partial(probe_beta, 1), "grad_clip": probe_grad_clip, "warmup_iters": probe_warmup_iters, "lr_decay_iters": probe_lr_decay_iters,
     "min_lr": probe_min_lr, "device": probe_device, "dtype": probe_dtype, "compile": probe_compile,
     "seed": probe_seed, "peak_tflops": probe_peak_tflops,
 }
