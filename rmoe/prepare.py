@@ -102,9 +102,6 @@ def pip_download(requirement, sdist, fix):
         return files[0].read_bytes()
 
 
-ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # what zipfile unpacks
-
-
 def fetch(url, size, sha256, fix):
     """The bytes at url, checked by size and sha256; fix says how to do without the network."""
     print(f"downloading {url} ...")
@@ -119,6 +116,9 @@ def fetch(url, size, sha256, fix):
         raise PrepareError(f"{url}: expected {size:,} bytes, got {len(data):,}; re-run to download it again")
     check_sha256(data, sha256, url, "re-run to download it again")
     return data
+
+
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # what zipfile unpacks
 
 
 def zip_member(archive, name, source, fix, max_size):
